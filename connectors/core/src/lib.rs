@@ -1,0 +1,101 @@
+//! The source-side contract of Tidings connectors.
+//!
+//! A connector reads a database's own change feed and hands the server batches of
+//! [`Publish`]es, one batch per source transaction, each with the [`SourcePosition`] to resume
+//! from *after* it. The server appends the batch and the position to the channel log in one
+//! atomic write, and only then tells the source (through [`Source::committed`]) that the position
+//! is durable, so the connector may confirm it upstream.
+//!
+//! Connectors depend on this crate only, never on the server.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a source's change feed stands, typed per database. Stored by the log beside the
+/// messages it covers, and handed back to the connector on start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum SourcePosition {
+    /// A Postgres WAL position: the commit LSN of the last transaction appended.
+    PostgresLsn(u64),
+    /// A MongoDB change stream resume token, as relaxed Extended JSON.
+    MongoResumeToken(serde_json::Value),
+}
+
+/// A source's checkpoint: which source, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The connector's configured name, unique in one server.
+    pub source: String,
+    /// Position to resume from after the batch this checkpoint is stored with.
+    pub position: SourcePosition,
+}
+
+/// One message a source wants on a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Channel name (validated by the server before append).
+    pub channel: String,
+    /// Event name, for example the outbox row's `name`.
+    pub name: Option<String>,
+    /// Payload as JSON.
+    pub data: Option<serde_json::Value>,
+    /// Free-form headers as a JSON object.
+    pub headers: Option<serde_json::Value>,
+    /// Idempotency id. Sources derive it from the source position so that a replay after a
+    /// crash deduplicates instead of appending twice.
+    pub id: Option<String>,
+}
+
+/// A batch of publishes from one source transaction, and the position after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Messages in source commit order.
+    pub messages: Vec<Publish>,
+    /// Where to resume after this batch.
+    pub position: SourcePosition,
+}
+
+/// What went wrong in a source, and whether the server should retry.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A transient failure (connection lost, timeout): retry with backoff from the last
+    /// durable checkpoint.
+    #[error("{what}")]
+    Transient {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A failure that needs the operator (bad configuration, lost history): stop and report.
+    #[error("{what}; to fix: {fix}")]
+    Fatal { what: String, fix: String },
+}
+
+/// A change feed reader.
+///
+/// The server calls [`Source::start`] once with the last durable checkpoint (None on first
+/// run), then [`Source::next_batch`] in a loop. After each batch is durable in the log, the
+/// server calls [`Source::committed`] with its position; the source may then confirm that
+/// position to the database. A position must never be confirmed upstream before `committed`.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// Connect and position the feed after `from`.
+    async fn start(&mut self, from: Option<SourcePosition>) -> Result<(), SourceError>;
+    /// The next batch, waiting until one is available.
+    async fn next_batch(&mut self) -> Result<Batch, SourceError>;
+    /// `position` and everything before it is durable in the log.
+    async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_serialize_with_their_kind() {
+        let p = SourcePosition::PostgresLsn(0x16_B374_D848);
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(s, r#"{"kind":"postgres_lsn","value":97500059720}"#);
+        assert_eq!(serde_json::from_str::<SourcePosition>(&s).unwrap(), p);
+    }
+}

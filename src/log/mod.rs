@@ -1,0 +1,168 @@
+//! The channel log: durable, ordered history of every channel.
+//!
+//! [`ChannelLog`] is the boundary between the server and storage. The embedded implementation
+//! ([`embedded::EmbeddedLog`], SQLite in WAL mode) is the default; a distributed one can take its
+//! place behind the same trait.
+
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tidings_connectors_core::{Checkpoint, SourcePosition};
+
+use crate::channel::ChannelName;
+
+/// A message to append. Validated by the caller (channel name, size, fields).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel: ChannelName,
+    /// Idempotency id: a second message with the same id on the same channel within the dedup
+    /// window is not appended again; its existing serial is answered.
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    pub headers: Option<Box<RawValue>>,
+}
+
+/// Outcome of appending one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The message's serial in its channel.
+    pub serial: u64,
+    /// True when the id was already present and nothing was appended.
+    pub duplicate: bool,
+}
+
+/// A message as stored in the log.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub serial: u64,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    pub headers: Option<Box<RawValue>>,
+    /// Milliseconds since the Unix epoch, non-decreasing per log.
+    pub timestamp: u64,
+}
+
+/// Where a channel's history stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelState {
+    /// Incarnation of the channel's history.
+    pub epoch: Arc<str>,
+    /// Serial of the newest message (0 when the channel has none yet).
+    pub head: u64,
+    /// Every serial at or below this one was removed by retention (0 = nothing removed).
+    pub trimmed: u64,
+}
+
+/// A range read: the channel's state when the read began, and the messages found.
+#[derive(Debug, Clone)]
+pub struct ReadPage {
+    pub state: ChannelState,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// How long messages of one namespace are kept. Both limits apply when both are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_messages: Option<u64>,
+}
+
+/// Retention for every namespace: per-namespace rules, and the rule for the rest.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionPolicy {
+    pub default: Retention,
+    pub namespaces: Vec<(String, Retention)>,
+}
+
+impl RetentionPolicy {
+    /// The rule that applies to a namespace.
+    pub fn for_namespace(&self, namespace: &str) -> Retention {
+        self.namespaces
+            .iter()
+            .find(|(ns, _)| ns == namespace)
+            .map(|(_, r)| *r)
+            .unwrap_or(self.default)
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub channels_trimmed: u64,
+    pub messages_removed: u64,
+}
+
+/// Told of every committed append, in commit order, from the log's writer. Must not block.
+pub trait AppendObserver: Send + Sync {
+    /// `messages` were appended to `channel` (ascending serials); `prev` is the serial of the
+    /// message before the first of them (0 if none).
+    fn appended(&self, channel: &ChannelName, prev: u64, messages: &[StoredMessage]);
+}
+
+/// Errors of the log. None of them means an acknowledged message was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open the channel log in {path}: {problem}")]
+    Open {
+        path: String,
+        problem: String,
+        #[source]
+        source: Option<rusqlite::Error>,
+    },
+    #[error("channel log storage failed; nothing in this request was acknowledged")]
+    Storage(#[source] Arc<rusqlite::Error>),
+    #[error("the channel log is closed (the server is shutting down)")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for LogError {
+    fn from(e: rusqlite::Error) -> Self {
+        LogError::Storage(Arc::new(e))
+    }
+}
+
+/// The durable, ordered history of every channel.
+///
+/// Contract:
+/// - [`append`](ChannelLog::append) writes the messages and the optional checkpoint in one
+///   atomic, durable write, assigning each new message its channel's next serial. It answers only
+///   once that write is on disk; concurrent appends may share one disk flush.
+/// - Per channel, serials strictly increase in commit order. Messages of one call keep their order.
+/// - After a crash, the log opens with every answered append present exactly once.
+/// - Observers see each commit's messages after they are durable, in commit order.
+#[async_trait::async_trait]
+pub trait ChannelLog: Send + Sync + 'static {
+    /// Append `messages` and store `checkpoint` atomically. One [`Appended`] per message.
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<Appended>, LogError>;
+
+    /// Current state of a channel (a channel never written has head 0 and the log's base epoch).
+    fn state(&self, channel: &ChannelName) -> ChannelState;
+
+    /// Up to `limit` messages with serial greater than `after`, ascending.
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<ReadPage, LogError>;
+
+    /// The last checkpoint stored for `source`.
+    async fn checkpoint(&self, source: &str) -> Result<Option<SourcePosition>, LogError>;
+
+    /// Remove what `policy` no longer keeps.
+    async fn apply_retention(&self, policy: &RetentionPolicy) -> Result<RetentionReport, LogError>;
+
+    /// Finish pending writes and stop accepting new ones.
+    async fn close(&self);
+}
