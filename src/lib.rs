@@ -4,5 +4,15 @@
 //! The binary (`main.rs`) only parses arguments; everything lives here. See
 //! `ARCHITECTURE.md` in the repository for the flow and the invariants.
 
+pub mod auth;
 pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod hub;
 pub mod log;
+pub mod metrics;
+pub mod publish;
+pub mod runtime;
+pub mod server;
+pub mod session;

@@ -1,0 +1,376 @@
+//! Who is calling, and what they may do on which channels.
+//!
+//! Every request is turned into a [`Principal`]: an identity and a list of [`Grant`]s, each a
+//! channel pattern with the operations it allows. API keys carry grants from config; anonymous
+//! callers get subscribe and history on public namespaces only. Signed tokens (JWT with a `caps`
+//! claim) produce the same `Principal`, so enforcement does not change when they arrive.
+//!
+//! Pattern semantics: a pattern is split on `:` into segments. A literal segment matches the
+//! same segment; `*` matches exactly one segment, or, as the last segment, one or more remaining
+//! segments. `*` alone matches every channel. So `store:*` matches `store:1` and `store:1:items`
+//! but neither `store` nor `storefront:1`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// An operation on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Receive live messages (attach).
+    Subscribe,
+    /// Append messages.
+    Publish,
+    /// Read past messages (REST history, and resume/rewind on attach).
+    History,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 3] = [Operation::Subscribe, Operation::Publish, Operation::History];
+
+    fn bit(self) -> u8 {
+        match self {
+            Operation::Subscribe => 1,
+            Operation::Publish => 2,
+            Operation::History => 4,
+        }
+    }
+}
+
+/// A set of operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Operations(u8);
+
+impl Operations {
+    /// Every operation.
+    pub fn all() -> Self {
+        Self::from_iter(Operation::ALL)
+    }
+
+    /// Whether `op` is in the set.
+    pub fn contains(self, op: Operation) -> bool {
+        self.0 & op.bit() != 0
+    }
+}
+
+impl FromIterator<Operation> for Operations {
+    fn from_iter<I: IntoIterator<Item = Operation>>(iter: I) -> Self {
+        Operations(iter.into_iter().fold(0, |acc, op| acc | op.bit()))
+    }
+}
+
+/// Why a channel pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid channel pattern {pattern:?}: {problem}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub problem: &'static str,
+}
+
+/// A channel pattern such as `store:*` (see the module docs for the semantics).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelPattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Any,
+}
+
+impl ChannelPattern {
+    /// Parse a pattern.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let err = |problem| PatternError {
+            pattern: text.to_owned(),
+            problem,
+        };
+        if text.is_empty() {
+            return Err(err("it is empty"));
+        }
+        let mut segments = Vec::new();
+        for seg in text.split(':') {
+            if seg.is_empty() {
+                return Err(err("it has an empty segment"));
+            }
+            if seg == "*" {
+                segments.push(Segment::Any);
+            } else if seg.contains('*') {
+                return Err(err("'*' must be a whole segment, as in `store:*`"));
+            } else {
+                crate::channel::ChannelName::parse(seg)
+                    .map_err(|_| err("a segment has characters channel names cannot have"))?;
+                segments.push(Segment::Literal(seg.to_owned()));
+            }
+        }
+        Ok(ChannelPattern {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// Whether `channel` matches.
+    pub fn matches(&self, channel: &str) -> bool {
+        let parts: Vec<&str> = channel.split(':').collect();
+        let last = self.segments.len() - 1;
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                Segment::Any if i == last => return parts.len() > i,
+                Segment::Any => {
+                    if parts.len() <= i {
+                        return false;
+                    }
+                }
+                Segment::Literal(lit) => {
+                    if parts.get(i) != Some(&lit.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.len() == self.segments.len()
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+/// Operations allowed on channels matching a pattern.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub pattern: ChannelPattern,
+    pub operations: Operations,
+}
+
+/// An authenticated (or anonymous) caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Key id, token subject, or `anonymous`.
+    pub subject: Arc<str>,
+    grants: Arc<Vec<Grant>>,
+}
+
+impl Principal {
+    /// Whether this caller may perform `op` on `channel`.
+    pub fn allows(&self, op: Operation, channel: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.operations.contains(op) && g.pattern.matches(channel))
+    }
+
+    /// Whether this caller has any grant at all (anonymous callers on a server without public
+    /// namespaces have none).
+    pub fn has_grants(&self) -> bool {
+        !self.grants.is_empty()
+    }
+}
+
+/// A configured API key.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub secret: String,
+    pub grants: Vec<Grant>,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("grants", &self.grants)
+            .finish()
+    }
+}
+
+/// Why credentials were refused. Deliberately vague to the caller about which part was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("credentials are malformed: expected `Bearer KEY_ID:SECRET`")]
+    Malformed,
+    #[error("unknown API key or wrong secret")]
+    Rejected,
+}
+
+/// Turns credentials into principals.
+#[derive(Debug)]
+pub struct Authenticator {
+    keys: HashMap<String, (String, Principal)>,
+    anonymous: Principal,
+}
+
+impl Authenticator {
+    /// Build from the configured keys and the public namespaces (subscribe + history for all).
+    pub fn new(keys: Vec<ApiKey>, public_namespaces: &[String]) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|k| {
+                let principal = Principal {
+                    subject: Arc::from(k.id.as_str()),
+                    grants: Arc::new(k.grants),
+                };
+                (k.id, (k.secret, principal))
+            })
+            .collect();
+        let public = public_namespaces
+            .iter()
+            .filter_map(|ns| {
+                // A namespace covers the bare name and everything below it.
+                let ops: Operations = [Operation::Subscribe, Operation::History]
+                    .into_iter()
+                    .collect();
+                Some([
+                    Grant {
+                        pattern: ChannelPattern::parse(ns).ok()?,
+                        operations: ops,
+                    },
+                    Grant {
+                        pattern: ChannelPattern::parse(&format!("{ns}:*")).ok()?,
+                        operations: ops,
+                    },
+                ])
+            })
+            .flatten()
+            .collect();
+        Authenticator {
+            keys,
+            anonymous: Principal {
+                subject: Arc::from("anonymous"),
+                grants: Arc::new(public),
+            },
+        }
+    }
+
+    /// The principal for a credential (`KEY_ID:SECRET`), or the anonymous one when there is none.
+    pub fn authenticate(&self, credential: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(credential) = credential else {
+            return Ok(self.anonymous.clone());
+        };
+        let (id, secret) = credential.split_once(':').ok_or(AuthError::Malformed)?;
+        match self.keys.get(id) {
+            Some((expected, principal))
+                if constant_time_eq(expected.as_bytes(), secret.as_bytes()) =>
+            {
+                Ok(principal.clone())
+            }
+            _ => Err(AuthError::Rejected),
+        }
+    }
+}
+
+/// Compare secrets without an early exit, so timing does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Take the credential from an `Authorization: Bearer ...` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ChannelPattern {
+        ChannelPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn pattern_semantics() {
+        assert!(p("*").matches("a"));
+        assert!(p("*").matches("a:b:c"));
+        assert!(p("store:*").matches("store:1"));
+        assert!(p("store:*").matches("store:1:items"));
+        assert!(!p("store:*").matches("store"));
+        assert!(!p("store:*").matches("storefront:1"));
+        assert!(p("user:42:*").matches("user:42:inbox"));
+        assert!(!p("user:42:*").matches("user:43:inbox"));
+        assert!(p("user:*:inbox").matches("user:7:inbox"));
+        assert!(!p("user:*:inbox").matches("user:7:outbox"));
+        assert!(!p("user:*:inbox").matches("user:7:inbox:x"));
+        assert!(p("exact").matches("exact"));
+        assert!(!p("exact").matches("exact:1"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in ["", "a::b", "st*re", "a b", ":*"] {
+            assert!(
+                ChannelPattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_and_public_namespaces() {
+        let keys = vec![
+            ApiKey {
+                id: "admin".into(),
+                secret: "s3cret-admin".into(),
+                grants: vec![Grant {
+                    pattern: p("*"),
+                    operations: Operations::all(),
+                }],
+            },
+            ApiKey {
+                id: "reader".into(),
+                secret: "s3cret-reader".into(),
+                grants: vec![Grant {
+                    pattern: p("store:*"),
+                    operations: [Operation::Subscribe].into_iter().collect(),
+                }],
+            },
+        ];
+        let auth = Authenticator::new(keys, &["news".to_string()]);
+        let admin = auth.authenticate(Some("admin:s3cret-admin")).unwrap();
+        assert!(admin.allows(Operation::Publish, "anything:1"));
+        let reader = auth.authenticate(Some("reader:s3cret-reader")).unwrap();
+        assert!(reader.allows(Operation::Subscribe, "store:1"));
+        assert!(!reader.allows(Operation::Publish, "store:1"));
+        assert!(!reader.allows(Operation::Subscribe, "news:1"));
+        assert_eq!(
+            auth.authenticate(Some("admin:wrong")).unwrap_err(),
+            AuthError::Rejected
+        );
+        assert_eq!(
+            auth.authenticate(Some("nobody:x")).unwrap_err(),
+            AuthError::Rejected
+        );
+        assert_eq!(
+            auth.authenticate(Some("no-colon")).unwrap_err(),
+            AuthError::Malformed
+        );
+        let anon = auth.authenticate(None).unwrap();
+        assert!(anon.allows(Operation::Subscribe, "news:today"));
+        assert!(anon.allows(Operation::History, "news"));
+        assert!(!anon.allows(Operation::Publish, "news:today"));
+        assert!(!anon.allows(Operation::Subscribe, "newsroom:1"));
+    }
+
+    #[test]
+    fn bearer_header() {
+        assert_eq!(bearer("Bearer a:b"), Some("a:b"));
+        assert_eq!(bearer("bearer  a:b "), Some("a:b"));
+        assert_eq!(bearer("Basic xyz"), None);
+    }
+}

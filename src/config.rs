@@ -1,0 +1,496 @@
+//! Server configuration: a TOML file, overridden by `TIDINGS_*` environment variables and flags
+//! (see [`crate::cli`]), validated once at start-up.
+//!
+//! Every setting has a default that works out of the box: with no configuration at all the
+//! server listens on `127.0.0.1:8080` and keeps its log in `./tidings-data`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{ApiKey, ChannelPattern, Grant, Operation, Operations};
+use crate::log::{Retention, RetentionPolicy};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./tidings-data";
+/// Default largest message (name + data + headers + id), in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default most messages in one REST publish.
+pub const DEFAULT_MAX_PUBLISH_BATCH: usize = 1000;
+/// Default most publishes awaiting their ack on one connection.
+pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+/// Default longest history page.
+pub const DEFAULT_HISTORY_PAGE_MAX: usize = 1000;
+/// Default time a connection may take to drain its socket before it is closed as slow.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default interval of heartbeat frames on an otherwise quiet connection.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default live messages buffered per channel for subscribers that fall behind.
+pub const DEFAULT_LIVE_BUFFER: usize = 1024;
+/// Default age after which messages are removed.
+pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default interval between retention passes.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+/// Default idempotency window for message ids.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret that never prints.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; only for comparison.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded channel log.
+    pub data_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// API keys; without capabilities a key may do everything on every channel.
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub limits: Limits,
+    pub session: SessionConfig,
+    pub retention: RetentionConfig,
+    /// Per-namespace settings, keyed by namespace (the part of a channel name before `:`).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    pub secret: Secret,
+    /// Channel pattern to operations, e.g. `{ "store:*" = ["subscribe", "history"] }`.
+    /// Absent: every operation on every channel.
+    #[serde(default)]
+    pub capabilities: Option<BTreeMap<String, Vec<Operation>>>,
+}
+
+/// Size and count limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_publish_batch: usize,
+    pub max_inflight_publishes: usize,
+    pub history_page_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_publish_batch: DEFAULT_MAX_PUBLISH_BATCH,
+            max_inflight_publishes: DEFAULT_MAX_INFLIGHT,
+            history_page_max: DEFAULT_HISTORY_PAGE_MAX,
+        }
+    }
+}
+
+/// Connection behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub live_buffer: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            live_buffer: DEFAULT_LIVE_BUFFER,
+        }
+    }
+}
+
+/// Retention for namespaces without their own, and how often it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    pub max_messages: Option<u64>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age: Some(DEFAULT_RETENTION_MAX_AGE),
+            max_messages: None,
+            interval: DEFAULT_RETENTION_INTERVAL,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
+}
+
+/// Settings of one namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Anyone may subscribe and read history without credentials.
+    pub public: bool,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    pub max_messages: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log_format: LogFormat::Text,
+            api_keys: Vec::new(),
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+            retention: RetentionConfig::default(),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration problem, naming the field by its dotted path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {problem}")]
+    Read { path: String, problem: String },
+    #[error("config file {path} is not valid: {problem}")]
+    Parse { path: String, problem: String },
+    #[error("invalid configuration: `{field}` {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Read a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|problem| ConfigError::Parse {
+            path: path.display().to_string(),
+            problem,
+        })
+    }
+
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Add an API key given as `KEY_ID:SECRET` (flags and environment), with every capability.
+    pub fn add_api_key(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let (id, secret) = spec.split_once(':').ok_or_else(|| {
+            invalid(
+                "api_keys",
+                format!("entry {:?} must be KEY_ID:SECRET", redact(spec)),
+            )
+        })?;
+        self.api_keys.push(ApiKeyConfig {
+            id: id.to_owned(),
+            secret: Secret::new(secret),
+            capabilities: None,
+        });
+        Ok(())
+    }
+
+    /// Check every value; the first problem found is named by its dotted path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(1024..=16 * 1024 * 1024).contains(&l.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!(
+                    "is {}; it must be between 1024 and 16777216",
+                    l.max_message_bytes
+                ),
+            ));
+        }
+        for (field, value, max) in [
+            ("limits.max_publish_batch", l.max_publish_batch, 100_000),
+            (
+                "limits.max_inflight_publishes",
+                l.max_inflight_publishes,
+                100_000,
+            ),
+            ("limits.history_page_max", l.history_page_max, 100_000),
+            ("session.live_buffer", self.session.live_buffer, 1 << 20),
+        ] {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    field,
+                    format!("is {value}; it must be between 1 and {max}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("session.send_timeout", self.session.send_timeout),
+            (
+                "session.heartbeat_interval",
+                self.session.heartbeat_interval,
+            ),
+            ("retention.interval", self.retention.interval),
+            ("retention.dedup_window", self.retention.dedup_window),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be longer than zero"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.id.is_empty() || key.id.contains(':') || key.id.contains(',') {
+                return Err(invalid(
+                    format!("api_keys[{i}].id"),
+                    "must be non-empty and contain neither ':' nor ','",
+                ));
+            }
+            if !seen.insert(key.id.as_str()) {
+                return Err(invalid(
+                    format!("api_keys[{i}].id"),
+                    format!("{:?} is configured twice; key ids must be unique", key.id),
+                ));
+            }
+            if key.secret.expose().len() < 8 {
+                return Err(invalid(
+                    format!("api_keys[{i}].secret"),
+                    "is shorter than 8 characters; use a long random secret",
+                ));
+            }
+            if let Some(caps) = &key.capabilities {
+                for pattern in caps.keys() {
+                    ChannelPattern::parse(pattern).map_err(|e| {
+                        invalid(
+                            format!("api_keys[{i}].capabilities.{pattern:?}"),
+                            e.to_string(),
+                        )
+                    })?;
+                }
+            }
+        }
+        for name in self.namespaces.keys() {
+            if crate::channel::ChannelName::parse(name).is_err() || name.contains(':') {
+                return Err(invalid(
+                    format!("namespaces.{name:?}"),
+                    "is not a valid namespace: use letters, digits and _ - . @ = + without ':'",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The API keys as the authenticator wants them. Call after [`Config::validate`].
+    pub fn api_keys(&self) -> Vec<ApiKey> {
+        self.api_keys
+            .iter()
+            .map(|k| ApiKey {
+                id: k.id.clone(),
+                secret: k.secret.expose().to_owned(),
+                grants: match &k.capabilities {
+                    None => vec![Grant {
+                        pattern: ChannelPattern::parse("*").expect("valid pattern"),
+                        operations: Operations::all(),
+                    }],
+                    Some(caps) => caps
+                        .iter()
+                        .filter_map(|(pattern, ops)| {
+                            Some(Grant {
+                                pattern: ChannelPattern::parse(pattern).ok()?,
+                                operations: ops.iter().copied().collect(),
+                            })
+                        })
+                        .collect(),
+                },
+            })
+            .collect()
+    }
+
+    /// Namespaces anyone may subscribe to.
+    pub fn public_namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .filter(|(_, ns)| ns.public)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The retention policy for the log.
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            default: Retention {
+                max_age: self.retention.max_age,
+                max_messages: self.retention.max_messages,
+            },
+            namespaces: self
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| ns.max_age.is_some() || ns.max_messages.is_some())
+                .map(|(name, ns)| {
+                    (
+                        name.clone(),
+                        Retention {
+                            max_age: ns.max_age.or(self.retention.max_age),
+                            max_messages: ns.max_messages.or(self.retention.max_messages),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+fn redact(spec: &str) -> String {
+    match spec.split_once(':') {
+        Some((id, _)) => format!("{id}:<redacted>"),
+        None if spec.len() > 4 => format!("{}…", &spec[..4.min(spec.len())]),
+        None => spec.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_documented_default() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.limits.max_message_bytes, 64 * 1024);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:9000"
+            data_dir = "/var/lib/tidings"
+            log_format = "json"
+            [[api_keys]]
+            id = "backend"
+            secret = "0123456789abcdef"
+            [[api_keys]]
+            id = "web"
+            secret = "fedcba9876543210"
+            capabilities = { "store:*" = ["subscribe", "history"] }
+            [limits]
+            max_message_bytes = 131072
+            [session]
+            send_timeout = "5s"
+            [retention]
+            max_age = "2h"
+            [namespaces.news]
+            public = true
+            max_messages = 100
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.session.send_timeout, Duration::from_secs(5));
+        assert_eq!(c.public_namespaces(), vec!["news".to_string()]);
+        let policy = c.retention_policy();
+        let news = policy.for_namespace("news");
+        assert_eq!(news.max_messages, Some(100));
+        assert_eq!(news.max_age, Some(Duration::from_secs(7200)));
+        let keys = c.api_keys();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].grants.len(), 1);
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "secrets never print"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = Config::from_toml("[limits]\nmax_mesage_bytes = 5\n").unwrap_err();
+        assert!(err.contains("max_mesage_bytes"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = Config::default();
+        c.limits.max_message_bytes = 10;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_message_bytes"), "{err}");
+
+        let mut c = Config::default();
+        c.add_api_key("a:0123456789").unwrap();
+        c.add_api_key("a:9876543210").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api_keys[1].id"), "{err}");
+
+        let mut c = Config::default();
+        c.add_api_key("a:short").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("api_keys[0].secret"));
+
+        let mut c = Config::default();
+        assert!(c.add_api_key("no-colon-here").is_err());
+
+        let c = Config::from_toml(
+            "[[api_keys]]\nid = \"k\"\nsecret = \"0123456789\"\ncapabilities = { \"st*re\" = [\"publish\"] }\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api_keys[0].capabilities"), "{err}");
+    }
+}

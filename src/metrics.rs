@@ -1,0 +1,169 @@
+//! Prometheus metrics, registered in one place and exposed at `GET /metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Transport a connection uses.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Transport {
+    #[allow(non_camel_case_types)]
+    websocket,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CloseReason {
+    /// The client closed or the socket ended.
+    client,
+    /// The socket could not be drained within the send timeout.
+    slow_consumer,
+    /// The server is shutting down.
+    shutdown,
+    /// A protocol violation the connection cannot survive (oversized frame, broken socket).
+    protocol,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: Transport,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: CloseReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// Every metric the server emits.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<TransportLabel, Gauge>,
+    /// Channels with at least one live subscriber on this node.
+    pub channels_active: Gauge,
+    /// Messages appended to the log (duplicates excluded).
+    pub messages_appended: Counter,
+    /// Messages written to client connections (live and catch-up).
+    pub messages_delivered: Counter,
+    /// Time from a publish request's arrival to its durable acknowledgement.
+    pub publish_duration: Histogram,
+    sessions_closed: Family<ReasonLabel, Counter>,
+    errors: Family<CodeLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidings");
+        let connections = Family::<TransportLabel, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let channels_active = Gauge::default();
+        registry.register(
+            "channels_active",
+            "Channels with at least one live subscriber",
+            channels_active.clone(),
+        );
+        let messages_appended = Counter::default();
+        registry.register(
+            "messages_appended",
+            "Messages appended to the channel log",
+            messages_appended.clone(),
+        );
+        let messages_delivered = Counter::default();
+        registry.register(
+            "messages_delivered",
+            "Messages written to client connections",
+            messages_delivered.clone(),
+        );
+        let publish_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register_with_unit(
+            "publish_duration",
+            "Time from publish request to durable acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            publish_duration.clone(),
+        );
+        let sessions_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sessions_closed",
+            "Client sessions closed, by reason",
+            sessions_closed.clone(),
+        );
+        let errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "errors",
+            "Errors answered to clients, by code",
+            errors.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            channels_active,
+            messages_appended,
+            messages_delivered,
+            publish_duration,
+            sessions_closed,
+            errors,
+        }
+    }
+
+    /// A connection opened; the returned guard counts it until dropped.
+    pub fn connection(&self, transport: Transport) -> ConnectionGuard {
+        let gauge = self
+            .connections
+            .get_or_create(&TransportLabel { transport })
+            .clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// A session ended for `reason`.
+    pub fn session_closed(&self, reason: CloseReason) {
+        self.sessions_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// An error with `code` was answered.
+    pub fn error(&self, code: tidings_protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Decrements the connection gauge when dropped.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,185 @@
+//! Wiring: open the log, build the hub and the server, run until shutdown, then drain.
+//!
+//! Shutdown order: stop accepting connections and tell every session to close with a
+//! "going away, resume elsewhere" reason; let in-flight publishes finish (their appends are
+//! durable before they answer); then close the log, which commits whatever is queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
+use crate::log::{ChannelLog, LogError};
+use crate::metrics::Metrics;
+use crate::server::{router, AppState};
+
+/// How long shutdown waits for sessions and requests to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(
+        "cannot listen on {addr}: {source}; choose another address with --listen or TIDINGS_LISTEN"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    log: Arc<dyn ChannelLog>,
+}
+
+impl Server {
+    /// Validate `config`, open the log, bind, and start serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(config.session.live_buffer, metrics.clone()));
+        let log: Arc<dyn ChannelLog> = Arc::new(EmbeddedLog::open(
+            &config.data_dir,
+            EmbeddedOptions {
+                dedup_window: config.retention.dedup_window,
+            },
+            hub.clone(),
+        )?);
+        let auth = Arc::new(Authenticator::new(
+            config.api_keys(),
+            &config.public_namespaces(),
+        ));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let state = AppState {
+            config: config.clone(),
+            log: log.clone(),
+            hub,
+            auth,
+            metrics,
+            shutdown: shutdown.clone(),
+            sessions: TaskTracker::new(),
+        };
+        let retention = tokio::spawn(retain_forever(
+            log.clone(),
+            config.clone(),
+            shutdown.clone(),
+        ));
+        if config.api_keys.is_empty() && config.public_namespaces().is_empty() {
+            tracing::warn!(
+                "no API keys configured: every request will be refused; add one with --api-key KEY_ID:SECRET"
+            );
+        }
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "tidings listening");
+        let task = tokio::spawn(serve(listener, state, retention));
+        Ok(Server {
+            addr,
+            shutdown,
+            task,
+            log,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The channel log, for tests and tools in the same process.
+    pub fn log(&self) -> &Arc<dyn ChannelLog> {
+        &self.log
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Begin a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Wait until the server has stopped and the log is closed.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(listener: TcpListener, state: AppState, retention: JoinHandle<()>) {
+    let shutdown = state.shutdown.clone();
+    let sessions = state.sessions.clone();
+    let log = state.log.clone();
+    let app = router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed");
+        shutdown.cancel();
+    }
+    sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not close within {DRAIN_TIMEOUT:?}");
+    }
+    retention.abort();
+    log.close().await;
+    tracing::info!("tidings stopped");
+}
+
+async fn retain_forever(
+    log: Arc<dyn ChannelLog>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let policy = config.retention_policy();
+    let mut tick = tokio::time::interval(config.retention.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match log.apply_retention(&policy).await {
+            Ok(r) if r.messages_removed > 0 => tracing::info!(
+                channels = r.channels_trimmed,
+                removed = r.messages_removed,
+                "retention removed old messages"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! REST routes: publish, history, health, metrics.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tidings_protocol::{ErrorCode, HistoryItem, HistoryPage, PublishResponse};
+
+use super::AppState;
+use crate::auth::Operation;
+use crate::error::ApiError;
+use crate::publish::{self, MessageIn};
+
+/// Default history page size.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AuthQuery {
+    pub(super) access_token: Option<String>,
+}
+
+/// `POST /v1/channels/{channel}/messages`: one message or an array; 201 once durable.
+pub(super) async fn publish(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    Query(auth): Query<AuthQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers, auth.access_token.as_deref())?;
+    let channel = publish::channel(&channel)?;
+    publish::authorize(&principal, Operation::Publish, &channel)?;
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::MessageTooLarge
+        } else {
+            ErrorCode::MalformedFrame
+        };
+        ApiError::new(code, format!("cannot read the request body: {e}")).on(channel.as_str())
+    })?;
+    let malformed = |e: serde_json::Error| {
+        ApiError::new(
+            ErrorCode::MalformedFrame,
+            format!("the body must be a message object or an array of them: {e}"),
+        )
+        .on(channel.as_str())
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let items: Vec<MessageIn> = match first {
+        Some(b'[') => serde_json::from_slice(&body).map_err(malformed)?,
+        Some(b'{') => vec![serde_json::from_slice(&body).map_err(malformed)?],
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::MalformedFrame,
+                "the body must be a JSON message object or an array of them",
+            )
+            .on(channel.as_str()))
+        }
+    };
+    let max_batch = state.config.limits.max_publish_batch;
+    if items.is_empty() || items.len() > max_batch {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "send between 1 and {max_batch} messages per request (limits.max_publish_batch)"
+            ),
+        )
+        .on(channel.as_str()));
+    }
+    let max_bytes = state.config.limits.max_message_bytes;
+    let messages = items
+        .into_iter()
+        .map(|m| publish::validate(&channel, m, max_bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let appended = publish::append(&state.log, &state.metrics, messages).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PublishResponse {
+            channel: channel.to_string(),
+            serials: appended.iter().map(|a| a.serial).collect(),
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct HistoryQuery {
+    after: Option<String>,
+    limit: Option<String>,
+    access_token: Option<String>,
+}
+
+/// `GET /v1/channels/{channel}/messages?after=&limit=`: history in serial order.
+pub(super) async fn history(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    Query(q): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let principal = state.principal(&headers, q.access_token.as_deref())?;
+    let channel = publish::channel(&channel)?;
+    publish::authorize(&principal, Operation::History, &channel)?;
+    let max = state.config.limits.history_page_max;
+    let after = parse_param(q.after.as_deref(), "after", 0, u64::MAX)?;
+    let limit = parse_param(
+        q.limit.as_deref(),
+        "limit",
+        DEFAULT_HISTORY_LIMIT as u64,
+        max as u64,
+    )?;
+    if limit == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("`limit` must be between 1 and {max}"),
+        ));
+    }
+    let page = state
+        .log
+        .read(&channel, after, limit as usize)
+        .await
+        .map_err(|e| ApiError::from_log(&e).on(channel.as_str()))?;
+    let last = page.messages.last().map(|m| m.serial);
+    let head = page.state.head.max(last.unwrap_or(0));
+    let full = page.messages.len() == limit as usize;
+    let items = page
+        .messages
+        .into_iter()
+        .map(|m| HistoryItem {
+            serial: m.serial,
+            id: m.id,
+            name: m.name,
+            data: m
+                .data
+                .map(|d| serde_json::from_str(d.get()).unwrap_or_default()),
+            headers: m
+                .headers
+                .map(|h| serde_json::from_str(h.get()).unwrap_or_default()),
+            timestamp: m.timestamp,
+        })
+        .collect();
+    Ok(Json(HistoryPage {
+        channel: channel.to_string(),
+        epoch: page.state.epoch.to_string(),
+        items,
+        next: match last {
+            Some(last) if full && last < head => Some(last),
+            _ => None,
+        },
+    }))
+}
+
+fn parse_param(value: Option<&str>, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("`{name}` must be a whole number between 0 and {max}, got {v:?}"),
+            )),
+        },
+    }
+}
+
+/// `GET /healthz`: the process is up.
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: ready for traffic (not shutting down).
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub(super) async fn not_found() -> Response {
+    let e = ApiError::new(
+        ErrorCode::InvalidRequest,
+        "no such route; see docs/protocol.md for the API",
+    );
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": e.body(None) })),
+    )
+        .into_response()
+}

@@ -1,0 +1,38 @@
+//! `GET /v1/connect`: authenticate, then upgrade to a WebSocket session.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::rest::AuthQuery;
+use super::AppState;
+use crate::error::ApiError;
+use crate::session;
+
+/// Frames up to this many times the message limit are read; the message limit itself is
+/// checked per publish so an oversized message gets an `error` frame, not a closed socket.
+const FRAME_LIMIT_FACTOR: usize = 2;
+/// Extra room for the frame's own fields around the message.
+const FRAME_OVERHEAD: usize = 16 * 1024;
+/// Read buffer per connection: small, so idle connections stay cheap.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before a write goes to the socket; a batch of frames shares one syscall.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+pub(super) async fn connect(
+    State(state): State<AppState>,
+    Query(auth): Query<AuthQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers, auth.access_token.as_deref())?;
+    let max_frame = state.config.limits.max_message_bytes * FRAME_LIMIT_FACTOR + FRAME_OVERHEAD;
+    let tracker = state.sessions.clone();
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| tracker.track_future(session::run(socket, state, principal))))
+}
