@@ -20,8 +20,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tidings_protocol::{
-    ClientFrame, ContinuityLost, ErrorCode, Position, ServerFrame, CLOSE_GOING_AWAY,
-    CLOSE_SLOW_CONSUMER, PROTOCOL_VERSION,
+    ClientFrame, ContinuityLost, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
+    CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, PROTOCOL_VERSION,
 };
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
@@ -42,8 +42,6 @@ const CATCH_UP_PAGE: usize = 1000;
 const LIVE_BATCH: usize = 256;
 /// How long a closing frame may take to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Known client frame types, to tell an unknown type from a malformed known one.
-const CLIENT_FRAME_TYPES: [&str; 4] = ["attach", "detach", "publish", "ping"];
 
 /// Why a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,9 +202,23 @@ where
             Message::Close(_) => return Err(End::Client),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
-        let frame = match serde_json::from_str::<ClientFrame>(&text) {
+        let frame = match ClientFrame::parse(&text) {
             Ok(f) => f,
-            Err(e) => return self.error(classify(&text, e), None).await,
+            Err(FrameError::Malformed(why)) => {
+                return self
+                    .error(ApiError::new(ErrorCode::MalformedFrame, why), None)
+                    .await
+            }
+            Err(FrameError::UnknownType(t)) => {
+                let e = ApiError::new(
+                    ErrorCode::UnknownFrameType,
+                    format!(
+                        "unknown frame type {t:?}; protocol v{PROTOCOL_VERSION} clients send: {}",
+                        CLIENT_FRAME_TYPES.join(", ")
+                    ),
+                );
+                return self.error(e, None).await;
+            }
         };
         match frame {
             ClientFrame::Attach {
@@ -502,32 +514,5 @@ where
             }));
             let _ = tokio::time::timeout(grace, self.out.sink.send(frame)).await;
         }
-    }
-}
-
-/// Tell a malformed frame from an unknown frame type.
-fn classify(text: &str, e: serde_json::Error) -> ApiError {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Err(parse) => ApiError::new(
-            ErrorCode::MalformedFrame,
-            format!("the frame is not valid JSON: {parse}"),
-        ),
-        Ok(v) => match v.get("type").and_then(|t| t.as_str()) {
-            None => ApiError::new(
-                ErrorCode::MalformedFrame,
-                "the frame must be a JSON object with a string `type` field",
-            ),
-            Some(t) if !CLIENT_FRAME_TYPES.contains(&t) => ApiError::new(
-                ErrorCode::UnknownFrameType,
-                format!(
-                    "unknown frame type {t:?}; this server speaks protocol v{PROTOCOL_VERSION}: {}",
-                    CLIENT_FRAME_TYPES.join(", ")
-                ),
-            ),
-            Some(t) => ApiError::new(
-                ErrorCode::MalformedFrame,
-                format!("invalid `{t}` frame: {e}"),
-            ),
-        },
     }
 }

@@ -29,9 +29,10 @@ pub struct Position {
     pub serial: u64,
 }
 
-/// Frames a client sends.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// Frames a client sends. Servers parse them with [`ClientFrame::parse`], which keeps `data`
+/// and `headers` as raw JSON and tells a malformed frame from an unknown frame type.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Start receiving a channel, optionally resuming after a position or rewinding N messages.
     Attach {
@@ -63,6 +64,114 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
         reference: Option<String>,
     },
+}
+
+/// Why a client frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON, not an object, a missing or mistyped field, or a field the type does not have.
+    Malformed(String),
+    /// A `type` this protocol version does not define.
+    UnknownType(String),
+}
+
+/// Every field any client frame may carry; each frame type takes its own subset.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnyClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    from: Option<Position>,
+    rewind: Option<u64>,
+    id: Option<String>,
+    name: Option<String>,
+    data: Option<Box<RawValue>>,
+    headers: Option<Box<RawValue>>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+}
+
+/// Client frame types, in the order `docs/protocol.md` lists them.
+pub const CLIENT_FRAME_TYPES: [&str; 4] = ["attach", "detach", "publish", "ping"];
+
+impl ClientFrame {
+    /// Parse one text frame.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let f: AnyClientFrame = serde_json::from_str(text).map_err(|e| {
+            // Say "unknown type" when the type is the problem, even if other fields are odd too.
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Err(e) => FrameError::Malformed(format!("the frame is not valid JSON: {e}")),
+                Ok(v) => match v.get("type").and_then(|t| t.as_str()) {
+                    None => FrameError::Malformed(
+                        "the frame must be a JSON object with a string `type` field".into(),
+                    ),
+                    Some(t) if !CLIENT_FRAME_TYPES.contains(&t) => {
+                        FrameError::UnknownType(t.to_owned())
+                    }
+                    Some(t) => FrameError::Malformed(format!("invalid `{t}` frame: {e}")),
+                },
+            }
+        })?;
+        let kind = f.kind.as_str();
+        let extra = |allowed: &[&str]| -> Result<(), FrameError> {
+            let present = [
+                ("channel", f.channel.is_some()),
+                ("from", f.from.is_some()),
+                ("rewind", f.rewind.is_some()),
+                ("id", f.id.is_some()),
+                ("name", f.name.is_some()),
+                ("data", f.data.is_some()),
+                ("headers", f.headers.is_some()),
+                ("ref", f.reference.is_some()),
+            ];
+            match present.iter().find(|(n, p)| *p && !allowed.contains(n)) {
+                Some((n, _)) => Err(FrameError::Malformed(format!(
+                    "invalid `{kind}` frame: unknown field `{n}`"
+                ))),
+                None => Ok(()),
+            }
+        };
+        let channel = |c: Option<String>| {
+            c.ok_or_else(|| {
+                FrameError::Malformed(format!("invalid `{kind}` frame: missing field `channel`"))
+            })
+        };
+        match kind {
+            "attach" => {
+                extra(&["channel", "from", "rewind"])?;
+                Ok(ClientFrame::Attach {
+                    channel: channel(f.channel)?,
+                    from: f.from,
+                    rewind: f.rewind,
+                })
+            }
+            "detach" => {
+                extra(&["channel"])?;
+                Ok(ClientFrame::Detach {
+                    channel: channel(f.channel)?,
+                })
+            }
+            "publish" => {
+                extra(&["channel", "id", "name", "data", "headers", "ref"])?;
+                Ok(ClientFrame::Publish {
+                    channel: channel(f.channel)?,
+                    id: f.id,
+                    name: f.name,
+                    data: f.data,
+                    headers: f.headers,
+                    reference: f.reference,
+                })
+            }
+            "ping" => {
+                extra(&["ref"])?;
+                Ok(ClientFrame::Ping {
+                    reference: f.reference,
+                })
+            }
+            other => Err(FrameError::UnknownType(other.to_owned())),
+        }
+    }
 }
 
 /// Why an `attached` frame says `resumed: false`.
@@ -239,11 +348,11 @@ mod tests {
 
     #[test]
     fn attach_frame_parses_with_and_without_position() {
-        let f: ClientFrame = serde_json::from_str(r#"{"type":"attach","channel":"a:b"}"#).unwrap();
+        let f = ClientFrame::parse(r#"{"type":"attach","channel":"a:b"}"#).unwrap();
         assert!(
             matches!(f, ClientFrame::Attach { ref channel, from: None, rewind: None } if channel == "a:b")
         );
-        let f: ClientFrame = serde_json::from_str(
+        let f = ClientFrame::parse(
             r#"{"type":"attach","channel":"a","from":{"epoch":"e1","serial":7}}"#,
         )
         .unwrap();
@@ -255,7 +364,52 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"ping","bogus":1}"#).is_err());
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ping","bogus":1}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ping","channel":"a"}"#),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn publish_keeps_data_raw() {
+        let f =
+            ClientFrame::parse(r#"{"type":"publish","channel":"c","data":{"a": 1.50},"ref":"r"}"#)
+                .unwrap();
+        match f {
+            ClientFrame::Publish {
+                data: Some(d),
+                reference,
+                ..
+            } => {
+                assert_eq!(d.get(), r#"{"a": 1.50}"#);
+                assert_eq!(reference.as_deref(), Some("r"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_and_unknown_are_told_apart() {
+        assert!(matches!(
+            ClientFrame::parse("{nope"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse("[1]"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"attach"}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"subscribe","channel":"c"}"#).unwrap_err(),
+            FrameError::UnknownType("subscribe".into())
+        );
     }
 
     #[test]
