@@ -51,7 +51,6 @@ impl ApiError {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotAttached => StatusCode::CONFLICT,
-            ErrorCode::TooManyInflight => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

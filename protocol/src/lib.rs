@@ -279,8 +279,6 @@ pub enum ErrorCode {
     NotAttached,
     /// A query parameter is out of range or unparseable.
     InvalidRequest,
-    /// Too many publishes in flight on this connection.
-    TooManyInflight,
     /// The server is shutting down; reconnect and resume elsewhere.
     ShuttingDown,
     /// The server failed; the operation may be retried.
@@ -300,7 +298,6 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotAttached => "not_attached",
             ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::TooManyInflight => "too_many_inflight",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -416,7 +413,7 @@ mod tests {
     fn error_codes_serialize_as_their_wire_names() {
         for code in [
             ErrorCode::MalformedFrame,
-            ErrorCode::TooManyInflight,
+            ErrorCode::MessageTooLarge,
             ErrorCode::Internal,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
