@@ -58,6 +58,21 @@ pub struct ServeArgs {
     /// Largest message in bytes (id + name + data + headers) [default: 65536].
     #[arg(long, env = "TIDINGS_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Most messages in one REST publish [default: 1000].
+    #[arg(long, env = "TIDINGS_MAX_PUBLISH_BATCH")]
+    pub max_publish_batch: Option<usize>,
+    /// Publishes awaiting their ack per connection before reading pauses [default: 256].
+    #[arg(long, env = "TIDINGS_MAX_INFLIGHT_PUBLISHES")]
+    pub max_inflight_publishes: Option<usize>,
+    /// Largest history page [default: 1000].
+    #[arg(long, env = "TIDINGS_HISTORY_PAGE_MAX")]
+    pub history_page_max: Option<usize>,
+    /// Live messages buffered per channel before a subscriber reads the log [default: 1024].
+    #[arg(long, env = "TIDINGS_LIVE_BUFFER")]
+    pub live_buffer: Option<usize>,
+    /// How often retention runs, e.g. "30s".
+    #[arg(long, env = "TIDINGS_RETENTION_INTERVAL", value_parser = humantime::parse_duration)]
+    pub retention_interval: Option<Duration>,
     /// Time a connection may take to drain its socket before it is closed, e.g. "10s".
     #[arg(long, env = "TIDINGS_SEND_TIMEOUT", value_parser = humantime::parse_duration)]
     pub send_timeout: Option<Duration>,
@@ -107,6 +122,21 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_message_bytes {
             config.limits.max_message_bytes = v;
+        }
+        if let Some(v) = self.max_publish_batch {
+            config.limits.max_publish_batch = v;
+        }
+        if let Some(v) = self.max_inflight_publishes {
+            config.limits.max_inflight_publishes = v;
+        }
+        if let Some(v) = self.history_page_max {
+            config.limits.history_page_max = v;
+        }
+        if let Some(v) = self.live_buffer {
+            config.session.live_buffer = v;
+        }
+        if let Some(v) = self.retention_interval {
+            config.retention.interval = v;
         }
         if let Some(v) = self.send_timeout {
             config.session.send_timeout = v;
@@ -169,5 +199,71 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut all = vec!["tidings", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tidings.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_message_bytes = 2048\n[[api_keys]]\nid = \"file\"\nsecret = \"file-secret\"\n",
+        )
+        .unwrap();
+        let args = serve_args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:7000",
+            "--api-key",
+            "a:secret-aaa",
+            "--api-key",
+            "b:secret-bbb",
+            "--send-timeout",
+            "3s",
+            "--public-namespace",
+            "news",
+        ]);
+        let c = args.config().unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(c.limits.max_message_bytes, 2048, "the file's value stays");
+        assert_eq!(c.api_keys.len(), 3);
+        assert_eq!(c.session.send_timeout, Duration::from_secs(3));
+        assert_eq!(c.public_namespaces(), vec!["news".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_field() {
+        let err = serve_args(&["--max-message-bytes", "10"])
+            .config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.max_message_bytes"),
+            "{err}"
+        );
+        let err = serve_args(&["--api-key", "nocolon"]).config().unwrap_err();
+        assert!(err.to_string().contains("api_keys"), "{err}");
+        let err = serve_args(&["--config", "/nonexistent/tidings.toml"])
+            .config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/tidings.toml"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["tidings", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["tidings", "serve", "--send-timeout", "soon"]).is_err());
     }
 }

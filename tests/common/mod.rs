@@ -35,9 +35,11 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         config.add_api_key(KEY).unwrap();
         adjust(&mut config);
         let server = Server::start(config.clone()).await.expect("server starts");
@@ -231,7 +233,8 @@ pub struct Process {
 impl Process {
     /// Start `tidings serve` on a free port with `data_dir`; waits until it listens.
     pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Process {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+        command
             .args([
                 "serve",
                 "--listen",
@@ -243,7 +246,13 @@ impl Process {
             ])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command).await
+    }
+
+    /// Spawn a prepared `tidings serve` command (with `--log-format json`); waits until it listens.
+    pub async fn spawn(mut command: tokio::process::Command) -> Process {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
