@@ -16,3 +16,4 @@ pub mod publish;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod source;

@@ -20,6 +20,8 @@ use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
 use crate::log::{ChannelLog, LogError};
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
+use crate::source::SourceOptions;
+use tidings_connectors_core::Source;
 
 /// How long shutdown waits for sessions and requests to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +54,14 @@ pub struct Server {
 impl Server {
     /// Validate `config`, open the log, bind, and start serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        Self::start_with_sources(config, Vec::new()).await
+    }
+
+    /// Like [`Server::start`], also running each connector source into the log.
+    pub async fn start_with_sources(
+        config: Config,
+        sources: Vec<(SourceOptions, Box<dyn Source>)>,
+    ) -> Result<Server, StartError> {
         config.validate()?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
@@ -99,7 +109,12 @@ impl Server {
             );
         }
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "tidings listening");
-        let task = tokio::spawn(serve(listener, state, retention));
+        let connectors = TaskTracker::new();
+        for (opts, src) in sources {
+            connectors.spawn(crate::source::run(src, opts, log.clone(), shutdown.clone()));
+        }
+        connectors.close();
+        let task = tokio::spawn(serve(listener, state, retention, connectors));
         Ok(Server {
             addr,
             shutdown,
@@ -134,7 +149,12 @@ impl Server {
     }
 }
 
-async fn serve(listener: TcpListener, state: AppState, retention: JoinHandle<()>) {
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    retention: JoinHandle<()>,
+    connectors: TaskTracker,
+) {
     let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
     let log = state.log.clone();
@@ -154,6 +174,13 @@ async fn serve(listener: TcpListener, state: AppState, retention: JoinHandle<()>
         tracing::warn!("some sessions did not close within {DRAIN_TIMEOUT:?}");
     }
     retention.abort();
+    // Sources stop at their next batch boundary; what they appended is durable.
+    if tokio::time::timeout(DRAIN_TIMEOUT, connectors.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sources did not stop within {DRAIN_TIMEOUT:?}");
+    }
     log.close().await;
     tracing::info!("tidings stopped");
 }

@@ -8,6 +8,8 @@
 //!
 //! Connectors depend on this crate only, never on the server.
 
+pub mod route;
+
 use serde::{Deserialize, Serialize};
 
 /// Where a source's change feed stands, typed per database. Stored by the log beside the
