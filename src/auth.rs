@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::token::{TokenError, TokenVerifier};
+
 /// An operation on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +143,37 @@ impl ChannelPattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Whether every channel `other` matches is also matched by this pattern (so a grant on
+    /// `self` may be handed down as a grant on `other`).
+    pub fn covers(&self, other: &ChannelPattern) -> bool {
+        let (p, q) = (&self.segments, &other.segments);
+        let (m, n) = (p.len(), q.len());
+        for (i, pi) in p.iter().enumerate() {
+            let p_trailing_any = i == m - 1 && *pi == Segment::Any;
+            if p_trailing_any {
+                // Matches one or more remaining segments: covers whatever `other` has left.
+                return n > i;
+            }
+            let Some(qi) = q.get(i) else {
+                return false;
+            };
+            if i == n - 1 && *qi == Segment::Any && n < m {
+                // `other` ends in a trailing `*` (any depth) where `self` still needs segments.
+                return false;
+            }
+            if i == n - 1 && *qi == Segment::Any && n == m {
+                // Both end here, but only `self`'s trailing `*` (handled above) matches any depth.
+                return false;
+            }
+            match (pi, qi) {
+                (Segment::Any, _) => {}
+                (Segment::Literal(a), Segment::Literal(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        n == m
+    }
 }
 
 impl fmt::Debug for ChannelPattern {
@@ -162,14 +195,41 @@ pub struct Principal {
     /// Key id, token subject, or `anonymous`.
     pub subject: Arc<str>,
     grants: Arc<Vec<Grant>>,
+    /// For tokens signed by an API key: the key's grants, which the token can never exceed.
+    ceiling: Option<Arc<Vec<Grant>>>,
+    /// For tokens: when the token stops being valid.
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+fn any_allows(grants: &[Grant], op: Operation, channel: &str) -> bool {
+    grants
+        .iter()
+        .any(|g| g.operations.contains(op) && g.pattern.matches(channel))
 }
 
 impl Principal {
+    /// A principal from a verified token.
+    pub fn token(
+        subject: &str,
+        grants: Vec<Grant>,
+        ceiling: Option<Arc<Vec<Grant>>>,
+        expires_at: std::time::SystemTime,
+    ) -> Self {
+        Principal {
+            subject: Arc::from(subject),
+            grants: Arc::new(grants),
+            ceiling,
+            expires_at: Some(expires_at),
+        }
+    }
+
     /// Whether this caller may perform `op` on `channel`.
     pub fn allows(&self, op: Operation, channel: &str) -> bool {
-        self.grants
-            .iter()
-            .any(|g| g.operations.contains(op) && g.pattern.matches(channel))
+        any_allows(&self.grants, op, channel)
+            && self
+                .ceiling
+                .as_ref()
+                .is_none_or(|c| any_allows(c, op, channel))
     }
 
     /// Whether this caller has any grant at all (anonymous callers on a server without public
@@ -200,30 +260,35 @@ impl fmt::Debug for ApiKey {
 /// Why credentials were refused. Deliberately vague to the caller about which part was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("credentials are malformed: expected `Bearer KEY_ID:SECRET`")]
+    #[error("credentials are malformed: expected `Bearer KEY_ID:SECRET` or `Bearer <token>`")]
     Malformed,
     #[error("unknown API key or wrong secret")]
     Rejected,
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Turns credentials into principals.
-#[derive(Debug)]
 pub struct Authenticator {
-    keys: HashMap<String, (String, Principal)>,
+    keys: HashMap<String, (ApiKey, Principal)>,
     anonymous: Principal,
+    tokens: TokenVerifier,
 }
 
 impl Authenticator {
-    /// Build from the configured keys and the public namespaces (subscribe + history for all).
-    pub fn new(keys: Vec<ApiKey>, public_namespaces: &[String]) -> Self {
+    /// Build from the configured keys, the public namespaces (subscribe + history for all) and
+    /// the token verifier.
+    pub fn new(keys: Vec<ApiKey>, public_namespaces: &[String], tokens: TokenVerifier) -> Self {
         let keys = keys
             .into_iter()
             .map(|k| {
                 let principal = Principal {
                     subject: Arc::from(k.id.as_str()),
-                    grants: Arc::new(k.grants),
+                    grants: Arc::new(k.grants.clone()),
+                    ceiling: None,
+                    expires_at: None,
                 };
-                (k.id, (k.secret, principal))
+                (k.id.clone(), (k, principal))
             })
             .collect();
         let public = public_namespaces
@@ -251,24 +316,33 @@ impl Authenticator {
             anonymous: Principal {
                 subject: Arc::from("anonymous"),
                 grants: Arc::new(public),
+                ceiling: None,
+                expires_at: None,
             },
+            tokens,
         }
     }
 
-    /// The principal for a credential (`KEY_ID:SECRET`), or the anonymous one when there is none.
+    /// The API key for a `KEY_ID:SECRET` credential (to sign tokens with), if it checks out.
+    pub fn api_key(&self, credential: &str) -> Result<&ApiKey, AuthError> {
+        let (id, secret) = credential.split_once(':').ok_or(AuthError::Malformed)?;
+        match self.keys.get(id) {
+            Some((key, _)) if constant_time_eq(key.secret.as_bytes(), secret.as_bytes()) => Ok(key),
+            _ => Err(AuthError::Rejected),
+        }
+    }
+
+    /// The principal for a credential: an API key (`KEY_ID:SECRET`) or a signed token (a JWT,
+    /// which never contains `:`); the anonymous one when there is none.
     pub fn authenticate(&self, credential: Option<&str>) -> Result<Principal, AuthError> {
         let Some(credential) = credential else {
             return Ok(self.anonymous.clone());
         };
-        let (id, secret) = credential.split_once(':').ok_or(AuthError::Malformed)?;
-        match self.keys.get(id) {
-            Some((expected, principal))
-                if constant_time_eq(expected.as_bytes(), secret.as_bytes()) =>
-            {
-                Ok(principal.clone())
-            }
-            _ => Err(AuthError::Rejected),
+        if !credential.contains(':') {
+            return self.tokens.verify(credential).map_err(AuthError::Token);
         }
+        let key = self.api_key(credential)?;
+        Ok(self.keys[&key.id].1.clone())
     }
 }
 
@@ -341,7 +415,8 @@ mod tests {
                 }],
             },
         ];
-        let auth = Authenticator::new(keys, &["news".to_string()]);
+        let verifier = TokenVerifier::new(&keys, Vec::new(), None, None);
+        let auth = Authenticator::new(keys, &["news".to_string()], verifier);
         let admin = auth.authenticate(Some("admin:s3cret-admin")).unwrap();
         assert!(admin.allows(Operation::Publish, "anything:1"));
         let reader = auth.authenticate(Some("reader:s3cret-reader")).unwrap();
@@ -356,15 +431,37 @@ mod tests {
             auth.authenticate(Some("nobody:x")).unwrap_err(),
             AuthError::Rejected
         );
-        assert_eq!(
+        assert!(matches!(
             auth.authenticate(Some("no-colon")).unwrap_err(),
-            AuthError::Malformed
-        );
+            AuthError::Token(_)
+        ));
         let anon = auth.authenticate(None).unwrap();
         assert!(anon.allows(Operation::Subscribe, "news:today"));
         assert!(anon.allows(Operation::History, "news"));
         assert!(!anon.allows(Operation::Publish, "news:today"));
         assert!(!anon.allows(Operation::Subscribe, "newsroom:1"));
+    }
+
+    #[test]
+    fn pattern_coverage() {
+        let covers = |a: &str, b: &str| p(a).covers(&p(b));
+        assert!(covers("*", "anything:at:all"));
+        assert!(covers("*", "*"));
+        assert!(covers("store:*", "store:1"));
+        assert!(covers("store:*", "store:*"));
+        assert!(covers("store:*", "store:1:*"));
+        assert!(covers("store:*", "store:*:items"));
+        assert!(!covers("store:*", "store"));
+        assert!(!covers("store:*", "*"));
+        assert!(!covers("store:*", "storefront:*"));
+        assert!(covers("user:*:inbox", "user:1:inbox"));
+        assert!(covers("user:*:inbox", "user:*:inbox"));
+        assert!(!covers("user:*:inbox", "user:*"));
+        assert!(!covers("user:*:inbox", "user:1:*"));
+        assert!(!covers("user:1", "user:*"));
+        assert!(covers("a:b", "a:b"));
+        assert!(!covers("a:b", "a:b:c"));
+        assert!(!covers("a:*:c", "a:*:*"));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub const DEFAULT_HISTORY_PAGE_MAX: usize = 1000;
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default interval of heartbeat frames on an otherwise quiet connection.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default longest wait of a long-poll request with nothing to answer.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Default live messages buffered per channel for subscribers that fall behind.
 pub const DEFAULT_LIVE_BUFFER: usize = 1024;
 /// Default age after which messages are removed.
@@ -89,8 +91,14 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub retention: RetentionConfig,
+    /// Signed tokens: accepted public keys, audience and issuer.
+    pub auth: AuthConfig,
+    /// Browsers on other origins.
+    pub cors: CorsConfig,
     /// Per-namespace settings, keyed by namespace (the part of a channel name before `:`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Database connectors by name (`[connectors.NAME]`, see [`crate::connector`]).
+    pub connectors: BTreeMap<String, crate::connector::ConnectorConfig>,
 }
 
 /// One API key.
@@ -135,6 +143,8 @@ pub struct SessionConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     pub live_buffer: usize,
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -143,6 +153,7 @@ impl Default for SessionConfig {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT,
             live_buffer: DEFAULT_LIVE_BUFFER,
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
         }
     }
 }
@@ -193,8 +204,48 @@ impl Default for Config {
             session: SessionConfig::default(),
             retention: RetentionConfig::default(),
             namespaces: BTreeMap::new(),
+            connectors: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
+}
+
+/// Token verification settings. HS256 tokens are verified with API key secrets (the token's
+/// `kid` names the key) and need nothing here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// Public keys (PEM files) for RS256, ES256 and EdDSA tokens.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS document (JSON file) with more public keys; each key needs `alg`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// One public key for token verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// Matched against the token's `kid` when both are present.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// PEM file holding the public key.
+    pub pem_file: PathBuf,
+}
+
+/// Cross-origin access for browsers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) allowed to call REST, SSE and long-poll, and to open
+    /// WebSockets; `*` allows any. None by default.
+    pub allowed_origins: Vec<String>,
 }
 
 /// A configuration problem, naming the field by its dotted path.
@@ -322,6 +373,26 @@ impl Config {
                 }
             }
         }
+        for (i, k) in self.auth.public_keys.iter().enumerate() {
+            if !["RS256", "ES256", "EdDSA"].contains(&k.algorithm.as_str()) {
+                return Err(invalid(
+                    format!("auth.public_keys[{i}].algorithm"),
+                    format!("is {:?}; use RS256, ES256 or EdDSA", k.algorithm),
+                ));
+            }
+        }
+        for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin.parse::<axum::http::HeaderValue>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    format!("cors.allowed_origins[{i}]"),
+                    format!("is {origin:?}; write origins like `https://app.example.com` (no path, no trailing slash), or `*`"),
+                ));
+            }
+        }
         for name in self.namespaces.keys() {
             if crate::channel::ChannelName::parse(name).is_err() || name.contains(':') {
                 return Err(invalid(
@@ -330,6 +401,7 @@ impl Config {
                 ));
             }
         }
+        crate::connector::validate(&self.connectors)?;
         Ok(())
     }
 
@@ -357,6 +429,43 @@ impl Config {
                 },
             })
             .collect()
+    }
+
+    /// The token verifier: API key secrets for HS256, and the configured public keys (files are
+    /// read here, so a missing or bad key fails start-up naming its field).
+    pub fn token_verifier(&self) -> Result<crate::token::TokenVerifier, ConfigError> {
+        let mut pems = Vec::new();
+        for (i, k) in self.auth.public_keys.iter().enumerate() {
+            let field = format!("auth.public_keys[{i}].pem_file");
+            let text = std::fs::read_to_string(&k.pem_file).map_err(|e| {
+                invalid(&field, format!("cannot read {}: {e}", k.pem_file.display()))
+            })?;
+            let alg = match k.algorithm.as_str() {
+                "RS256" => jsonwebtoken::Algorithm::RS256,
+                "ES256" => jsonwebtoken::Algorithm::ES256,
+                _ => jsonwebtoken::Algorithm::EdDSA,
+            };
+            crate::token::load_public_keys(&[(k.kid.clone(), alg, text.clone())], None)
+                .map_err(|e| invalid(&field, e))?;
+            pems.push((k.kid.clone(), alg, text));
+        }
+        let jwks = match &self.auth.jwks_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "auth.jwks_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        let public = crate::token::load_public_keys(&pems, jwks.as_deref())
+            .map_err(|e| invalid("auth.jwks_file", e))?;
+        Ok(crate::token::TokenVerifier::new(
+            &self.api_keys(),
+            public,
+            self.auth.audience.clone(),
+            self.auth.issuer.clone(),
+        ))
     }
 
     /// Namespaces anyone may subscribe to.

@@ -9,9 +9,11 @@ use prometheus_client::registry::Registry;
 
 /// Transport a connection uses.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
 pub enum Transport {
-    #[allow(non_camel_case_types)]
     websocket,
+    sse,
+    poll,
 }
 
 /// Why a session ended.

@@ -49,6 +49,8 @@ pub struct Server {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     log: Arc<dyn ChannelLog>,
+    /// Fatal errors of sources; one stops the server.
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -76,6 +78,7 @@ impl Server {
         let auth = Arc::new(Authenticator::new(
             config.api_keys(),
             &config.public_namespaces(),
+            config.token_verifier()?,
         ));
         let listener =
             TcpListener::bind(config.listen)
@@ -110,8 +113,17 @@ impl Server {
         }
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "tidings listening");
         let connectors = TaskTracker::new();
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (opts, src) in sources {
-            connectors.spawn(crate::source::run(src, opts, log.clone(), shutdown.clone()));
+            let (log, shutdown, failures) = (log.clone(), shutdown.clone(), failures.clone());
+            connectors.spawn(async move {
+                if let Some(e) = crate::source::run(src, opts, log, shutdown.clone()).await {
+                    // A source that needs the operator stops the server, so it gets noticed
+                    // (and a supervisor's restart does not hide it).
+                    failures.lock().push(e.to_string());
+                    shutdown.cancel();
+                }
+            });
         }
         connectors.close();
         let task = tokio::spawn(serve(listener, state, retention, connectors));
@@ -120,6 +132,7 @@ impl Server {
             shutdown,
             task,
             log,
+            failures,
         })
     }
 
@@ -131,6 +144,11 @@ impl Server {
     /// The channel log, for tests and tools in the same process.
     pub fn log(&self) -> &Arc<dyn ChannelLog> {
         &self.log
+    }
+
+    /// Fatal errors of sources so far (each stopped the server), in the order they happened.
+    pub fn source_failures(&self) -> Arc<parking_lot::Mutex<Vec<String>>> {
+        self.failures.clone()
     }
 
     /// A token that stops the server when cancelled.

@@ -1,43 +1,32 @@
 //! One client connection speaking the WebSocket protocol (`docs/protocol.md`).
 //!
-//! A session multiplexes many channels. For each attached channel it remembers the last serial
-//! it delivered and joins catch-up from the log with live messages from the hub without a gap or
-//! a duplicate: it subscribes to the hub first, reads the log from the client's position up to
-//! the head, then takes live messages, skipping serials already sent and reading the log again
-//! whenever a live message's predecessor was not delivered (the ring overflowed, or messages
-//! arrived while catching up).
+//! A session multiplexes many channels through one [`Subscription`], which joins catch-up from
+//! the log with live messages without a gap or a duplicate.
 //!
 //! Every wait on the socket is bounded by the send timeout: a client that cannot drain its
 //! socket in time is closed with a resumable reason and never slows anyone else.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::stream::{FuturesUnordered, SplitSink};
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tidings_protocol::{
-    ClientFrame, ContinuityLost, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
+    ClientFrame, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
     CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, PROTOCOL_VERSION,
 };
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::StreamMap;
 
 use crate::auth::{Operation, Principal};
 use crate::channel::ChannelName;
 use crate::error::ApiError;
-use crate::hub::{encode_message, Live};
 use crate::log::Appended;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish::{self, MessageIn};
 use crate::server::AppState;
+use crate::subscription::{Event, Subscription};
 
-/// Messages read from the log per catch-up page.
-const CATCH_UP_PAGE: usize = 1000;
 /// Most live messages written before one flush, so other work gets a turn.
 const LIVE_BATCH: usize = 256;
 /// How long a closing frame may take to go out.
@@ -50,12 +39,6 @@ enum End {
     SlowConsumer,
     Shutdown,
     Protocol,
-}
-
-struct Attachment {
-    channel: ChannelName,
-    /// Serial of the last message delivered (or the attach point).
-    last: u64,
 }
 
 type PublishDone = (Option<String>, ChannelName, Result<Vec<Appended>, ApiError>);
@@ -75,12 +58,10 @@ where
             sink,
             timeout: state.config.session.send_timeout,
             last_write: Instant::now(),
-            pending: 0,
         },
         state: state.clone(),
         principal,
-        attachments: HashMap::new(),
-        live: StreamMap::new(),
+        subscription: Subscription::new(state.log.clone(), state.hub.clone()),
         inflight: FuturesUnordered::new(),
     };
     let hello = ServerFrame::Connected {
@@ -115,8 +96,8 @@ where
                     }
                     Some(Ok(msg)) => s.on_client(msg).await,
                 },
-                // Then live messages, in batches that share one flush.
-                Some((key, item)) = s.live.next() => s.on_live_batch(key, item).await,
+                // Then deliveries (catch-up pages or live batches), each sharing one flush.
+                event = s.subscription.next(LIVE_BATCH) => s.deliver(event).await,
                 _ = heartbeat.tick() => s.on_heartbeat(heartbeat_every).await,
             };
             if let Err(end) = step {
@@ -136,8 +117,6 @@ struct Out<S> {
     sink: SplitSink<S, Message>,
     timeout: Duration,
     last_write: Instant,
-    /// Messages fed since the last flush, counted as delivered when the flush succeeds.
-    pending: u64,
 }
 
 impl<S> Out<S>
@@ -175,8 +154,7 @@ struct Session<S> {
     out: Out<S>,
     state: AppState,
     principal: Principal,
-    attachments: HashMap<Arc<str>, Attachment>,
-    live: StreamMap<Arc<str>, BroadcastStream<Arc<Live>>>,
+    subscription: Subscription,
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = PublishDone> + Send>>>,
 }
 
@@ -319,59 +297,16 @@ where
             .on(channel.as_str());
             return self.error(e, None).await;
         }
-        // Re-attaching restarts delivery from the new position.
-        self.drop_attachment(&channel);
-        // Subscribe before reading the head: anything appended after this point arrives live.
-        let receiver = self.state.hub.subscribe(&channel);
-        let state = self.state.log.state(&channel);
-        let (start, resumed, reason) = match (from, rewind) {
-            (Some(pos), _) => {
-                if *pos.epoch != *state.epoch {
-                    (state.head, false, Some(ContinuityLost::EpochChanged))
-                } else if pos.serial > state.head {
-                    (state.head, false, Some(ContinuityLost::PositionAhead))
-                } else if pos.serial < state.trimmed {
-                    (state.head, false, Some(ContinuityLost::HistoryExpired))
-                } else {
-                    (pos.serial, true, None)
-                }
-            }
-            (None, Some(n)) => (state.head.saturating_sub(n).max(state.trimmed), false, None),
-            (None, None) => (state.head, false, None),
-        };
-        let key = channel.as_arc().clone();
-        self.attachments.insert(
-            key.clone(),
-            Attachment {
-                channel: channel.clone(),
-                last: start,
-            },
-        );
-        self.live
-            .insert(key.clone(), BroadcastStream::new(receiver));
+        let a = self.subscription.attach(&channel, from.as_ref(), rewind);
         self.out
             .frame(&ServerFrame::Attached {
                 channel: channel.to_string(),
-                epoch: state.epoch.to_string(),
-                serial: start,
-                resumed,
-                reason,
+                epoch: a.epoch.to_string(),
+                serial: a.serial,
+                resumed: a.resumed,
+                reason: a.reason,
             })
-            .await?;
-        if start < state.head {
-            self.catch_up(&key).await?;
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    fn drop_attachment(&mut self, channel: &ChannelName) -> bool {
-        let was = self.attachments.remove(channel.as_arc()).is_some();
-        if was {
-            self.live.remove(channel.as_arc());
-            self.state.hub.release(channel);
-        }
-        was
+            .await
     }
 
     async fn detach(&mut self, name: &str) -> Result<(), End> {
@@ -379,7 +314,7 @@ where
             Ok(c) => c,
             Err(e) => return self.error(e, None).await,
         };
-        if self.drop_attachment(&channel) {
+        if self.subscription.detach(&channel) {
             self.out
                 .frame(&ServerFrame::Detached {
                     channel: channel.to_string(),
@@ -392,79 +327,20 @@ where
         }
     }
 
-    /// Deliver from the log everything after the attachment's last serial, up to the head.
-    async fn catch_up(&mut self, key: &Arc<str>) -> Result<(), End> {
-        loop {
-            let Some(att) = self.attachments.get(key) else {
-                return Ok(());
-            };
-            let (channel, after) = (att.channel.clone(), att.last);
-            let page = match self.state.log.read(&channel, after, CATCH_UP_PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    // Without the log this attachment cannot keep its promise: end it, say why.
-                    self.drop_attachment(&channel);
-                    let e = ApiError::from_log(&e).on(channel.as_str());
-                    return self.error(e, None).await;
+    /// Write a batch of deliveries and flush once.
+    async fn deliver(&mut self, event: Event) -> Result<(), End> {
+        match event {
+            Event::Messages(batch) => {
+                let n = batch.len() as u64;
+                for d in batch {
+                    self.out.feed(Message::Text(d.frame)).await?;
                 }
-            };
-            let n = page.messages.len();
-            for m in &page.messages {
-                if m.serial > after {
-                    let frame = Utf8Bytes::from(encode_message(channel.as_str(), m));
-                    self.out.feed(Message::Text(frame)).await?;
-                    self.out.pending += 1;
-                }
+                self.out.flush().await?;
+                self.state.metrics.messages_delivered.inc_by(n);
+                Ok(())
             }
-            if let (Some(last), Some(att)) = (page.messages.last(), self.attachments.get_mut(key)) {
-                att.last = att.last.max(last.serial);
-            }
-            if n < CATCH_UP_PAGE {
-                return Ok(());
-            }
+            Event::Failed(e) => self.error(e, None).await,
         }
-    }
-
-    async fn on_live(
-        &mut self,
-        key: Arc<str>,
-        item: Result<Arc<Live>, BroadcastStreamRecvError>,
-    ) -> Result<(), End> {
-        let Some(att) = self.attachments.get_mut(&key) else {
-            return Ok(());
-        };
-        match item {
-            Ok(live) if live.serial <= att.last => Ok(()),
-            Ok(live) if live.prev <= att.last => {
-                att.last = live.serial;
-                self.out.pending += 1;
-                self.out.feed(Message::Text(live.frame.clone())).await
-            }
-            // A predecessor was not delivered (or the ring overflowed): the log has it.
-            Ok(_) | Err(BroadcastStreamRecvError::Lagged(_)) => self.catch_up(&key).await,
-        }
-    }
-
-    async fn on_live_batch(
-        &mut self,
-        key: Arc<str>,
-        item: Result<Arc<Live>, BroadcastStreamRecvError>,
-    ) -> Result<(), End> {
-        self.on_live(key, item).await?;
-        for _ in 1..LIVE_BATCH {
-            match self.live.next().now_or_never() {
-                Some(Some((key, item))) => self.on_live(key, item).await?,
-                _ => break,
-            }
-        }
-        self.flush().await
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        self.out.flush().await?;
-        let delivered = std::mem::take(&mut self.out.pending);
-        self.state.metrics.messages_delivered.inc_by(delivered);
-        Ok(())
     }
 
     async fn on_heartbeat(&mut self, every: Duration) -> Result<(), End> {
@@ -497,16 +373,11 @@ where
         };
         self.state.metrics.session_closed(reason);
         tracing::debug!(subject = %self.principal.subject, ?end, "session closed");
-        let channels: Vec<ChannelName> = self
-            .attachments
-            .values()
-            .map(|a| a.channel.clone())
-            .collect();
-        self.live = StreamMap::new();
-        self.attachments.clear();
-        for channel in &channels {
-            self.state.hub.release(channel);
-        }
+        // Release the hub's channels before the (possibly slow) close.
+        drop(std::mem::replace(
+            &mut self.subscription,
+            Subscription::new(self.state.log.clone(), self.state.hub.clone()),
+        ));
         if let Some((code, reason, grace)) = close {
             let frame = Message::Close(Some(CloseFrame {
                 code,

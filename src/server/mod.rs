@@ -1,6 +1,8 @@
 //! The HTTP server: REST publish and history, the WebSocket endpoint, health and metrics.
 
+mod poll;
 mod rest;
+mod sse;
 mod ws;
 
 use std::sync::Arc;
@@ -82,6 +84,8 @@ pub fn router(state: AppState) -> Router {
             post(rest::publish).get(rest::history),
         )
         .route("/v1/connect", get(ws::connect))
+        .route("/v1/sse", get(sse::sse))
+        .route("/v1/poll", get(poll::poll))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -62,6 +62,8 @@ impl TestServer {
 /// A WebSocket client speaking the protocol as raw JSON frames.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read ahead while waiting for an ack; `recv` returns them first.
+    stash: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -83,7 +85,10 @@ impl Client {
                 .insert("authorization", format!("Bearer {key}").parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let mut c = Client { ws };
+        let mut c = Client {
+            ws,
+            stash: Default::default(),
+        };
         let hello = c.recv().await;
         assert_eq!(hello["type"], "connected", "{hello}");
         Ok(c)
@@ -112,6 +117,9 @@ impl Client {
 
     /// Next frame, heartbeats included.
     pub async fn recv_any(&mut self) -> Value {
+        if let Some(v) = self.stash.pop_front() {
+            return v;
+        }
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -164,13 +172,22 @@ impl Client {
         out
     }
 
-    /// Publish over the socket and wait for the ack.
+    /// Publish over the socket and wait for the ack. Messages that arrive first (the client
+    /// may be attached to the channel it publishes on) are kept for later `recv`s.
     pub async fn publish(&mut self, channel: &str, data: Value) -> u64 {
         self.send(json!({"type": "publish", "channel": channel, "data": data, "ref": "p"}))
             .await;
-        let v = self.recv().await;
-        assert_eq!(v["type"], "ack", "{v}");
-        v["serial"].as_u64().unwrap()
+        let mut ahead = Vec::new();
+        let ack = loop {
+            let v = self.recv().await;
+            match v["type"].as_str() {
+                Some("ack") => break v,
+                Some("message") => ahead.push(v),
+                _ => panic!("expected an ack, got {v}"),
+            }
+        };
+        self.stash.extend(ahead);
+        ack["serial"].as_u64().unwrap()
     }
 }
 
@@ -298,4 +315,133 @@ pub async fn metric(http: &reqwest::Client, base: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A TCP proxy in front of the server that can cut every open connection at once, the way a
+/// phone losing its network or a load balancer's idle timeout does.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.changed() => {} // both sockets drop here: the connection is cut
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    /// Cut every connection open now.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/connect", self.addr)
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+/// A minimal EventSource: reads events from a streaming response.
+pub struct SseClient {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseClient {
+    pub async fn open(url: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut req = reqwest::Client::new().get(url).bearer_auth(KEY);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseClient {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped); None when the stream ends.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if data.is_empty() && ev.event.is_empty() {
+                    continue; // a comment (keep-alive)
+                }
+                ev.data = data.join("\n");
+                if ev.event.is_empty() {
+                    ev.event = "message".into();
+                }
+                return Some(ev);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("an event within the wait");
+            match chunk {
+                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next `n` message events.
+    pub async fn messages(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let ev = self.next().await.expect("the stream is open");
+            assert_eq!(ev.event, "message", "{ev:?}");
+            out.push(ev);
+        }
+        out
+    }
 }

@@ -1,0 +1,236 @@
+//! `GET /v1/sse`: Server-Sent Events for clients (or proxies) that cannot use WebSocket.
+//!
+//! One stream carries any number of channels. Every event's `id` encodes the position reached on
+//! every channel of the stream (`channel=epoch:serial,...`), so the browser's own EventSource
+//! reconnect, which sends it back as `Last-Event-ID`, resumes with no loss and no duplicate.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tidings_protocol::{ErrorCode, Position, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::AppState;
+use crate::auth::Operation;
+use crate::channel::ChannelName;
+use crate::error::ApiError;
+use crate::metrics::{CloseReason, Transport};
+use crate::publish;
+use crate::subscription::{format_positions, parse_positions, Event, Subscription};
+
+/// Live messages taken per wake-up.
+const SSE_BATCH: usize = 256;
+/// Events queued for the response body; beyond that the stream waits (up to the send timeout).
+const SSE_QUEUE: usize = 256;
+
+/// Channels, positions and rewind taken from the query string and `Last-Event-ID`.
+pub(super) struct Wanted {
+    pub channels: Vec<ChannelName>,
+    pub from: Vec<(ChannelName, Position)>,
+    pub rewind: Option<u64>,
+}
+
+/// Parse `channel=A&channel=B&from=A=e:5,B=e:7&rewind=N` (and `Last-Event-ID`, which wins over
+/// `from` because the browser sends it on reconnect and it is newer).
+pub(super) fn wanted(pairs: &[(String, String)], headers: &HeaderMap) -> Result<Wanted, ApiError> {
+    let mut channels = Vec::new();
+    let mut from = None;
+    let mut rewind = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "channel" => channels.push(publish::channel(value)?),
+            "from" | "lastEventId" => from = Some(value.clone()),
+            "rewind" => {
+                rewind = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::new(ErrorCode::InvalidRequest, "`rewind` must be a whole number")
+                })?)
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        if !id.is_empty() {
+            from = Some(id.to_owned());
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "name at least one channel: ?channel=NAME (repeatable)",
+        ));
+    }
+    let from = match from {
+        Some(text) => parse_positions(&text)?,
+        None => Vec::new(),
+    };
+    Ok(Wanted {
+        channels,
+        from,
+        rewind,
+    })
+}
+
+/// The access token among the query pairs, if any.
+pub(super) fn access_token(pairs: &[(String, String)]) -> Option<&str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str())
+}
+
+/// Attach every wanted channel, checking capabilities first.
+pub(super) fn attach_all(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    wanted: &Wanted,
+) -> Result<(Subscription, Vec<ServerFrame>), ApiError> {
+    for channel in &wanted.channels {
+        publish::authorize(principal, Operation::Subscribe, channel)?;
+        if wanted.rewind.is_some() {
+            publish::authorize(principal, Operation::History, channel)?;
+        }
+    }
+    let mut sub = Subscription::new(state.log.clone(), state.hub.clone());
+    let mut attached = Vec::new();
+    for channel in &wanted.channels {
+        let from = wanted
+            .from
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, p)| p);
+        let rewind = if from.is_some() { None } else { wanted.rewind };
+        let a = sub.attach(channel, from, rewind);
+        attached.push(ServerFrame::Attached {
+            channel: channel.to_string(),
+            epoch: a.epoch.to_string(),
+            serial: a.serial,
+            resumed: a.resumed,
+            reason: a.reason,
+        });
+    }
+    Ok((sub, attached))
+}
+
+pub(super) async fn sse(
+    State(state): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers, access_token(&pairs))?;
+    let wanted = wanted(&pairs, &headers)?;
+    let (sub, attached) = attach_all(&state, &principal, &wanted)?;
+    let keep_alive = state.config.session.heartbeat_interval;
+    let (tx, rx) = mpsc::channel(SSE_QUEUE);
+    state
+        .sessions
+        .spawn(stream_events(state.clone(), sub, attached, tx));
+    let mut response = Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Feed the event queue of one SSE response until the client leaves, the server shuts down, or
+/// the client stops reading for longer than the send timeout (it then reconnects and resumes).
+async fn stream_events(
+    state: AppState,
+    mut sub: Subscription,
+    attached: Vec<ServerFrame>,
+    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+) {
+    let _connection = state.metrics.connection(Transport::sse);
+    let timeout = state.config.session.send_timeout;
+    let mut positions: BTreeMap<ChannelName, (String, u64)> = sub
+        .positions()
+        .map(|(c, e, s)| (c.clone(), (e.to_owned(), s)))
+        .collect();
+    let id = |p: &BTreeMap<ChannelName, (String, u64)>| {
+        format_positions(p.iter().map(|(c, (e, s))| (c, e.as_str(), *s)))
+    };
+    let send = |ev: SseEvent| {
+        let tx = tx.clone();
+        async move {
+            match tokio::time::timeout(timeout, tx.send(Ok(ev))).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::client),
+                Err(_) => Err(CloseReason::slow_consumer),
+            }
+        }
+    };
+    let first = id(&positions);
+    let mut end = None;
+    for frame in attached {
+        let data = serde_json::to_string(&frame).expect("frames encode");
+        if let Err(r) = send(
+            SseEvent::default()
+                .event("attached")
+                .id(first.clone())
+                .data(data),
+        )
+        .await
+        {
+            end = Some(r);
+            break;
+        }
+    }
+    let reason = match end {
+        Some(r) => r,
+        None => loop {
+            let event = tokio::select! {
+                biased;
+                // Shutdown first; the browser's EventSource reconnects by itself.
+                _ = state.shutdown.cancelled() => {
+                    let ev = SseEvent::default()
+                        .event("going_away")
+                        .data(r#"{"type":"going_away"}"#)
+                        .retry(Duration::from_secs(1));
+                    let _ = send(ev).await;
+                    break CloseReason::shutdown;
+                }
+                _ = tx.closed() => break CloseReason::client,
+                event = sub.next(SSE_BATCH) => event,
+            };
+            match event {
+                Event::Messages(batch) => {
+                    let n = batch.len() as u64;
+                    let mut failed = None;
+                    for d in batch {
+                        if let Some(p) = positions.get_mut(&d.channel) {
+                            p.1 = d.serial;
+                        }
+                        let ev = SseEvent::default()
+                            .event("message")
+                            .id(id(&positions))
+                            .data(d.frame.as_str());
+                        if let Err(r) = send(ev).await {
+                            failed = Some(r);
+                            break;
+                        }
+                    }
+                    if let Some(r) = failed {
+                        break r;
+                    }
+                    state.metrics.messages_delivered.inc_by(n);
+                }
+                Event::Failed(e) => {
+                    let body = serde_json::to_string(&ServerFrame::Error(e.body(None)))
+                        .expect("frames encode");
+                    if let Err(r) = send(SseEvent::default().event("error").data(body)).await {
+                        break r;
+                    }
+                }
+            }
+        },
+    };
+    state.metrics.session_closed(reason);
+}

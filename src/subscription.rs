@@ -1,0 +1,354 @@
+//! A set of attached channels and the ordered, gap-free delivery of their messages, shared by
+//! every transport (WebSocket, SSE, long-polling).
+//!
+//! For each channel it remembers the last serial delivered and joins catch-up from the log with
+//! live messages from the hub without a gap or a duplicate: it subscribes to the hub first, then
+//! reads the log from the client's position up to the head, then takes live messages, skipping
+//! serials already delivered and going back to the log whenever a live message's predecessor
+//! was not delivered (the live ring overflowed, or messages arrived during catch-up).
+//!
+//! [`Subscription::next`] is cancel-safe: a delivery's state changes only once it returns, so a
+//! transport may race it against other work in `select!`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tidings_protocol::{ContinuityLost, ErrorCode, Position};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamMap;
+
+use crate::channel::ChannelName;
+use crate::error::ApiError;
+use crate::hub::{encode_message, Hub, Live};
+use crate::log::ChannelLog;
+
+/// Messages read from the log per catch-up page.
+pub const CATCH_UP_PAGE: usize = 1000;
+
+/// Where an attach starts, and whether it continues the client's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub channel: ChannelName,
+    pub epoch: Arc<str>,
+    /// Delivery continues with the messages after this serial.
+    pub serial: u64,
+    pub resumed: bool,
+    pub reason: Option<ContinuityLost>,
+}
+
+/// One delivered message: its channel, serial and encoded `message` frame.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub channel: ChannelName,
+    pub serial: u64,
+    pub frame: Utf8Bytes,
+}
+
+/// What [`Subscription::next`] produced.
+#[derive(Debug)]
+pub enum Event {
+    /// Messages in delivery order (per channel, ascending serials).
+    Messages(Vec<Delivery>),
+    /// A channel could not be served (the log failed) and was detached.
+    Failed(ApiError),
+}
+
+struct Attachment {
+    channel: ChannelName,
+    epoch: Arc<str>,
+    /// Serial of the last message delivered (or the attach point).
+    last: u64,
+}
+
+/// The attached channels of one client.
+pub struct Subscription {
+    log: Arc<dyn ChannelLog>,
+    hub: Arc<Hub>,
+    attachments: HashMap<Arc<str>, Attachment>,
+    live: StreamMap<Arc<str>, BroadcastStream<Arc<Live>>>,
+    /// Channels whose next messages must come from the log.
+    behind: VecDeque<Arc<str>>,
+}
+
+impl Subscription {
+    /// An empty subscription.
+    pub fn new(log: Arc<dyn ChannelLog>, hub: Arc<Hub>) -> Self {
+        Subscription {
+            log,
+            hub,
+            attachments: HashMap::new(),
+            live: StreamMap::new(),
+            behind: VecDeque::new(),
+        }
+    }
+
+    /// Attach `channel` (re-attaching restarts it): resume after `from`, rewind `rewind`
+    /// messages, or start at the head. Authorisation is the caller's job.
+    pub fn attach(
+        &mut self,
+        channel: &ChannelName,
+        from: Option<&Position>,
+        rewind: Option<u64>,
+    ) -> Attached {
+        self.detach(channel);
+        // Subscribe before reading the head: anything appended after this point arrives live.
+        let receiver = self.hub.subscribe(channel);
+        let state = self.log.state(channel);
+        let (serial, resumed, reason) = match (from, rewind) {
+            (Some(pos), _) => {
+                if *pos.epoch != *state.epoch {
+                    (state.head, false, Some(ContinuityLost::EpochChanged))
+                } else if pos.serial > state.head {
+                    (state.head, false, Some(ContinuityLost::PositionAhead))
+                } else if pos.serial < state.trimmed {
+                    (state.head, false, Some(ContinuityLost::HistoryExpired))
+                } else {
+                    (pos.serial, true, None)
+                }
+            }
+            (None, Some(n)) => (state.head.saturating_sub(n).max(state.trimmed), false, None),
+            (None, None) => (state.head, false, None),
+        };
+        let key = channel.as_arc().clone();
+        self.attachments.insert(
+            key.clone(),
+            Attachment {
+                channel: channel.clone(),
+                epoch: state.epoch.clone(),
+                last: serial,
+            },
+        );
+        self.live
+            .insert(key.clone(), BroadcastStream::new(receiver));
+        if serial < state.head {
+            self.behind.push_back(key);
+        }
+        Attached {
+            channel: channel.clone(),
+            epoch: state.epoch,
+            serial,
+            resumed,
+            reason,
+        }
+    }
+
+    /// Detach `channel`; false if it was not attached.
+    pub fn detach(&mut self, channel: &ChannelName) -> bool {
+        let key = channel.as_arc();
+        if self.attachments.remove(key).is_none() {
+            return false;
+        }
+        self.live.remove(key);
+        self.behind.retain(|k| k != key);
+        self.hub.release(channel);
+        true
+    }
+
+    /// Number of attached channels.
+    pub fn len(&self) -> usize {
+        self.attachments.len()
+    }
+
+    /// Whether no channel is attached.
+    pub fn is_empty(&self) -> bool {
+        self.attachments.is_empty()
+    }
+
+    /// The position reached on each attached channel.
+    pub fn positions(&self) -> impl Iterator<Item = (&ChannelName, &str, u64)> {
+        self.attachments
+            .values()
+            .map(|a| (&a.channel, &*a.epoch, a.last))
+    }
+
+    /// Whether some channel has messages waiting in the log (the next call returns at once).
+    pub fn is_behind(&self) -> bool {
+        !self.behind.is_empty()
+    }
+
+    /// The next messages: a log page for a channel that is behind, else live messages (as
+    /// many as are ready, up to `max`). Waits while there is nothing; pending forever when no
+    /// channel is attached.
+    pub async fn next(&mut self, max: usize) -> Event {
+        loop {
+            if let Some(key) = self.behind.front().cloned() {
+                match self.read_page(&key).await {
+                    Ok(Some(batch)) if !batch.is_empty() => return Event::Messages(batch),
+                    Ok(_) => continue,
+                    Err(e) => return Event::Failed(e),
+                }
+            }
+            let Some((key, item)) = self.live.next().await else {
+                return std::future::pending().await;
+            };
+            let mut out = Vec::new();
+            self.take_live(key, item, &mut out);
+            while out.len() < max && self.behind.is_empty() {
+                match self.live.next().now_or_never() {
+                    Some(Some((key, item))) => self.take_live(key, item, &mut out),
+                    _ => break,
+                }
+            }
+            if !out.is_empty() {
+                return Event::Messages(out);
+            }
+        }
+    }
+
+    fn take_live(
+        &mut self,
+        key: Arc<str>,
+        item: Result<Arc<Live>, BroadcastStreamRecvError>,
+        out: &mut Vec<Delivery>,
+    ) {
+        let Some(att) = self.attachments.get_mut(&key) else {
+            return;
+        };
+        match item {
+            Ok(live) if live.serial <= att.last => {}
+            Ok(live) if live.prev <= att.last && !self.behind.contains(&key) => {
+                att.last = live.serial;
+                out.push(Delivery {
+                    channel: att.channel.clone(),
+                    serial: live.serial,
+                    frame: live.frame.clone(),
+                });
+            }
+            // A predecessor was not delivered (or the ring overflowed): the log has it.
+            _ => {
+                if !self.behind.contains(&key) {
+                    self.behind.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// Read one page for a channel that is behind. `Ok(None)` when it caught up.
+    async fn read_page(&mut self, key: &Arc<str>) -> Result<Option<Vec<Delivery>>, ApiError> {
+        let Some(att) = self.attachments.get(key) else {
+            self.behind.retain(|k| k != key);
+            return Ok(None);
+        };
+        let (channel, after) = (att.channel.clone(), att.last);
+        let page = match self.log.read(&channel, after, CATCH_UP_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                // Without the log this attachment cannot keep its promise: end it, say why.
+                self.detach(&channel);
+                return Err(ApiError::from_log(&e).on(channel.as_str()));
+            }
+        };
+        let caught_up = page.messages.len() < CATCH_UP_PAGE;
+        let batch: Vec<Delivery> = page
+            .messages
+            .iter()
+            .filter(|m| m.serial > after)
+            .map(|m| Delivery {
+                channel: channel.clone(),
+                serial: m.serial,
+                frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
+            })
+            .collect();
+        if let (Some(last), Some(att)) = (batch.last(), self.attachments.get_mut(key)) {
+            att.last = att.last.max(last.serial);
+        }
+        if caught_up {
+            self.behind.retain(|k| k != key);
+        }
+        Ok(Some(batch))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let channels: Vec<ChannelName> = self
+            .attachments
+            .values()
+            .map(|a| a.channel.clone())
+            .collect();
+        self.live = StreamMap::new();
+        self.attachments.clear();
+        for channel in &channels {
+            self.hub.release(channel);
+        }
+    }
+}
+
+/// Parse positions written as `channel=epoch:serial` pairs joined by `,` (the SSE event id and
+/// the `from` query parameter). Channel names never contain `,`; the last `=` splits.
+pub fn parse_positions(text: &str) -> Result<Vec<(ChannelName, Position)>, ApiError> {
+    let bad = |why: &str| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("positions must look like `channel=epoch:serial,other=epoch:serial`: {why}"),
+        )
+    };
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (channel, pos) = pair.rsplit_once('=').ok_or_else(|| bad("missing `=`"))?;
+            let (epoch, serial) = pos.rsplit_once(':').ok_or_else(|| bad("missing `:`"))?;
+            let channel = ChannelName::parse(channel).map_err(|e| bad(&e.to_string()))?;
+            let serial = serial
+                .parse()
+                .map_err(|_| bad("the serial is not a number"))?;
+            if epoch.is_empty() {
+                return Err(bad("the epoch is empty"));
+            }
+            Ok((
+                channel,
+                Position {
+                    epoch: epoch.to_owned(),
+                    serial,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Write positions in the form [`parse_positions`] reads.
+pub fn format_positions<'a>(
+    positions: impl Iterator<Item = (&'a ChannelName, &'a str, u64)>,
+) -> String {
+    let mut out = String::new();
+    for (channel, epoch, serial) in positions {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(channel.as_str());
+        out.push('=');
+        out.push_str(epoch);
+        out.push(':');
+        out.push_str(&serial.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip() {
+        let a = ChannelName::parse("a=b:c").unwrap();
+        let d = ChannelName::parse("d").unwrap();
+        let text = format_positions([(&a, "e1", 5u64), (&d, "e2", 0u64)].into_iter());
+        assert_eq!(text, "a=b:c=e1:5,d=e2:0");
+        let parsed = parse_positions(&text).unwrap();
+        assert_eq!(parsed[0].0, a);
+        assert_eq!(
+            parsed[0].1,
+            Position {
+                epoch: "e1".into(),
+                serial: 5
+            }
+        );
+        assert_eq!(parsed[1].1.serial, 0);
+        for bad in ["a", "a=5", "a=e:x", "a b=e:1", "a=:1"] {
+            assert!(parse_positions(bad).is_err(), "{bad:?}");
+        }
+    }
+}

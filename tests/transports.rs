@@ -1,0 +1,266 @@
+//! Every transport resumes after its connection is cut mid-stream, with no loss and no
+//! duplicate, and says so when continuity was lost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{publish, serials, Client, Proxy, SseClient, TestServer, KEY};
+use serde_json::{json, Value};
+
+async fn publish_range(http: &reqwest::Client, base: &str, channel: &str, from: u64, to: u64) {
+    let batch: Vec<Value> = (from..to).map(|i| json!({"data": i})).collect();
+    publish(http, base, channel, json!(batch)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_with_last_event_id_across_a_cut() {
+    let t = TestServer::start().await;
+    let proxy = Proxy::start(t.server.addr()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/sse?channel=a&channel=b:1", proxy.http());
+    let mut sse = SseClient::open(&url, None).await;
+    for _ in 0..2 {
+        let ev = sse.next().await.unwrap();
+        assert_eq!(ev.event, "attached");
+        assert_eq!(ev.json()["resumed"], false);
+    }
+    publish_range(&http, &t.http(), "a", 0, 5).await;
+    publish_range(&http, &t.http(), "b:1", 0, 3).await;
+    let got = sse.messages(8).await;
+    let last_id = got.last().unwrap().id.clone().unwrap();
+    assert!(
+        last_id.contains("a=") && last_id.contains("b:1="),
+        "{last_id}"
+    );
+
+    proxy.cut();
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends when the connection is cut"
+    );
+    publish_range(&http, &t.http(), "a", 5, 10).await;
+    publish_range(&http, &t.http(), "b:1", 3, 6).await;
+
+    // The browser reconnects to the same URL with Last-Event-ID.
+    let mut sse = SseClient::open(&url, Some(&last_id)).await;
+    for _ in 0..2 {
+        let ev = sse.next().await.unwrap();
+        assert_eq!(
+            (ev.event.as_str(), ev.json()["resumed"].as_bool()),
+            ("attached", Some(true))
+        );
+    }
+    let rest = sse.messages(8).await;
+    let frames: Vec<Value> = rest.iter().map(|e| e.json()).collect();
+    let a: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["channel"] == "a")
+        .map(|f| f["serial"].as_u64().unwrap())
+        .collect();
+    let b: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["channel"] == "b:1")
+        .map(|f| f["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(a, vec![6, 7, 8, 9, 10]);
+    assert_eq!(b, vec![4, 5, 6]);
+    // The id of the last event carries both channels' new positions.
+    let id = rest.last().unwrap().id.clone().unwrap();
+    assert!(id.contains(":10") && id.contains(":6"), "{id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_says_when_continuity_is_lost() {
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    publish_range(&http, &t.http(), "a", 0, 3).await;
+    let url = format!("{}/v1/sse?channel=a", t.http());
+    let mut sse = SseClient::open(&url, Some("a=0123456789abcdef:2")).await;
+    let ev = sse.next().await.unwrap();
+    let v = ev.json();
+    assert_eq!(
+        (v["resumed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("epoch_changed")),
+        "{v}"
+    );
+    assert_eq!(v["serial"], 3);
+    let resp = http
+        .get(format!("{}/v1/sse", t.http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "no channel named");
+    let resp = http
+        .get(format!("{url}&from=garbage"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+async fn poll(http: &reqwest::Client, base: &str, query: &str) -> Value {
+    let resp = http
+        .get(format!("{base}/v1/poll?{query}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_at_once_waits_and_resumes() {
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    publish_range(&http, &t.http(), "p", 0, 3).await;
+    // First poll from the start of history: answers at once.
+    let epoch = t
+        .server
+        .log()
+        .state(&tidings::channel::ChannelName::parse("p").unwrap())
+        .epoch;
+    let r = poll(&http, &t.http(), &format!("channel=p&from=p={epoch}:0")).await;
+    assert_eq!(serials(r["messages"].as_array().unwrap()), vec![1, 2, 3]);
+    assert_eq!(r["attached"][0]["resumed"], true);
+    let next = r["next"].as_str().unwrap().to_owned();
+    assert_eq!(next, format!("p={epoch}:3"));
+
+    // Nothing new: it waits, and answers with the first message that arrives.
+    let (h2, base) = (http.clone(), t.http());
+    let publisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish(&h2, &base, "p", json!({"data": "late"})).await;
+    });
+    let started = Instant::now();
+    let r = poll(&http, &t.http(), &format!("channel=p&from={next}&wait=10s")).await;
+    publisher.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited for the message"
+    );
+    assert_eq!(serials(r["messages"].as_array().unwrap()), vec![4]);
+    assert_eq!(r["messages"][0]["data"], "late");
+
+    // Nothing at all: it answers empty with the same position when the wait ends.
+    let next = r["next"].as_str().unwrap().to_owned();
+    let r = poll(
+        &http,
+        &t.http(),
+        &format!("channel=p&from={next}&wait=200ms"),
+    )
+    .await;
+    assert_eq!(r["messages"].as_array().unwrap().len(), 0);
+    assert_eq!(r["next"].as_str().unwrap(), next);
+
+    // A stale epoch is reported, never skipped silently.
+    let r = poll(
+        &http,
+        &t.http(),
+        "channel=p&from=p=0000000000000000:1&wait=100ms",
+    )
+    .await;
+    assert_eq!(r["attached"][0]["reason"], "epoch_changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_through_cuts_loses_nothing() {
+    let t = TestServer::start().await;
+    let proxy = Proxy::start(t.server.addr()).await;
+    let http = reqwest::Client::new();
+    let epoch = t
+        .server
+        .log()
+        .state(&tidings::channel::ChannelName::parse("q").unwrap())
+        .epoch;
+    let (h2, base) = (http.clone(), t.http());
+    let publisher = tokio::spawn(async move {
+        for i in 0..300u64 {
+            publish(&h2, &base, "q", json!({"data": i})).await;
+        }
+    });
+    let mut next = format!("q={epoch}:0");
+    let mut got = Vec::new();
+    let mut cuts = 0;
+    while got.len() < 300 {
+        if got.len() / 50 > cuts {
+            proxy.cut();
+            cuts += 1;
+        }
+        // A poll cut mid-flight fails; the client simply polls again from the same position.
+        let Ok(resp) = http
+            .get(format!(
+                "{}/v1/poll?channel=q&from={next}&wait=2s",
+                proxy.http()
+            ))
+            .bearer_auth(KEY)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(r) = resp.json::<Value>().await else {
+            continue;
+        };
+        got.extend(serials(r["messages"].as_array().unwrap()));
+        next = r["next"].as_str().unwrap().to_owned();
+    }
+    publisher.await.unwrap();
+    assert_eq!(got, (1..=300).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_resumes_through_repeated_cuts() {
+    let t = TestServer::start().await;
+    let proxy = Proxy::start(t.server.addr()).await;
+    let http = reqwest::Client::new();
+    let (h2, base) = (http.clone(), t.http());
+    let publisher = tokio::spawn(async move {
+        for i in 0..300u64 {
+            publish(&h2, &base, "w", json!({"data": i})).await;
+        }
+    });
+    let mut last: Option<(String, u64)> = None;
+    let mut got = Vec::new();
+    'outer: while got.len() < 300 {
+        let mut c = Client::connect(&proxy.ws_url(), Some(KEY)).await;
+        let extra = match &last {
+            Some((epoch, serial)) => json!({"from": {"epoch": epoch, "serial": serial}}),
+            None => json!({"rewind": 1000}),
+        };
+        let a = c.attach("w", extra).await;
+        if last.is_some() {
+            assert_eq!(a["resumed"], true, "{a}");
+        }
+        let epoch = a["epoch"].as_str().unwrap().to_owned();
+        let mut this_round = 0;
+        while got.len() < 300 {
+            let next = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures_util::StreamExt::next(&mut c.ws),
+            )
+            .await;
+            match next {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "message" {
+                        let s = v["serial"].as_u64().unwrap();
+                        got.push(s);
+                        last = Some((epoch.clone(), s));
+                        this_round += 1;
+                        if this_round == 40 {
+                            proxy.cut();
+                        }
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => continue 'outer, // cut: reconnect and resume
+            }
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(got, (1..=300).collect::<Vec<_>>());
+}
