@@ -20,9 +20,12 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the server: channel log, REST API and WebSocket endpoint.
     Serve(ServeArgs),
+    /// Create or upgrade what a connector needs in its database (the Postgres outbox).
+    Migrate(MigrateArgs),
 }
 
 /// Flags of `tidings serve`.
@@ -88,6 +91,19 @@ pub struct ServeArgs {
     /// Idempotency window for message ids, e.g. "24h".
     #[arg(long, env = "TIDINGS_DEDUP_WINDOW", value_parser = humantime::parse_duration)]
     pub dedup_window: Option<Duration>,
+    /// Run a Postgres outbox connector named "postgres" on this database (slot `tidings`,
+    /// the outbox `tidings migrate` creates), e.g. postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long, env = "TIDINGS_POSTGRES_URL", hide_env_values = true)]
+    pub postgres: Option<String>,
+}
+
+/// Flags of `tidings migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Postgres database to prepare: creates the `tidings` schema, the outbox table and its
+    /// publication (idempotent), e.g. postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long, env = "TIDINGS_POSTGRES_URL", hide_env_values = true)]
+    pub postgres: String,
 }
 
 impl ServeArgs {
@@ -153,6 +169,20 @@ impl ServeArgs {
         if let Some(v) = self.dedup_window {
             config.retention.dedup_window = v;
         }
+        if let Some(url) = &self.postgres {
+            use crate::connector::{ConnectorConfig, DEFAULT_POSTGRES_NAME};
+            use tidings_connector_postgres::{ConnectionUrl, PostgresConfig};
+            let url = ConnectionUrl::new(url.trim());
+            match config.connectors.get_mut(DEFAULT_POSTGRES_NAME) {
+                Some(ConnectorConfig::Postgres(pg)) => pg.url = url,
+                _ => {
+                    config.connectors.insert(
+                        DEFAULT_POSTGRES_NAME.to_owned(),
+                        ConnectorConfig::Postgres(PostgresConfig::with_defaults(url)),
+                    );
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -175,7 +205,9 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     init_tracing(config.log_format);
-    let server = Server::start(config).await?;
+    let sources = crate::connector::build(&config)?;
+    let server = Server::start_with_sources(config, sources).await?;
+    let failures = server.source_failures();
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -183,6 +215,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token.cancel();
     });
     server.wait().await;
+    if let Some(failure) = failures.lock().first() {
+        anyhow::bail!("a connector stopped the server: {failure}");
+    }
+    Ok(())
+}
+
+/// Run `tidings migrate`: apply the Postgres outbox migrations.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    init_tracing(LogFormat::Text);
+    let report = tidings_connector_postgres::migrate(args.postgres.trim()).await?;
+    if report.applied.is_empty() {
+        println!("the database is up to date (migration {})", report.current);
+    } else {
+        println!(
+            "applied migrations {:?}; the database is at migration {}",
+            report.applied, report.current
+        );
+    }
     Ok(())
 }
 
@@ -211,6 +261,7 @@ mod tests {
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).unwrap().command {
             Command::Serve(a) => a,
+            _ => unreachable!("a serve command"),
         }
     }
 

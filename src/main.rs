@@ -8,6 +8,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => tidings::cli::serve(args).await,
+        Command::Migrate(args) => tidings::cli::migrate(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

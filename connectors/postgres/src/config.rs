@@ -1,0 +1,344 @@
+//! Settings of one Postgres connector (`[connectors.NAME]` with `type = "postgres"`), with the
+//! defaults `tidings serve --postgres URL` uses, checked once at start-up.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "tidings";
+/// Default publication, created by the migration.
+pub const DEFAULT_PUBLICATION: &str = "tidings_outbox";
+/// Default outbox table, created by the migration.
+pub const DEFAULT_OUTBOX_TABLE: &str = "tidings.outbox";
+/// Default prefix of `pg_logical_emit_message` messages that are outbox messages.
+pub const DEFAULT_MESSAGE_PREFIX: &str = "tidings";
+/// Default interval of standby status updates (as `pg_recvlogical`).
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default most outbox rows held in memory from one transaction before they are handed on.
+pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 10_000;
+/// Default most published outbox rows deleted in one statement.
+pub const DEFAULT_CLEANUP_BATCH: usize = 1_000;
+/// Default pause between clean-up statements when rows are waiting.
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What to do with an outbox row that cannot become a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPoison {
+    /// Publish the error, the row and its position to the dead-letter channel; go on.
+    #[default]
+    DeadLetter,
+    /// Stop the connector and tell the operator.
+    Stop,
+}
+
+/// `sslmode`, as libpq spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it, plain otherwise (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS without checking the certificate.
+    Require,
+    /// TLS, certificate chain checked against the CA.
+    VerifyCa,
+    /// TLS, certificate chain and host name checked.
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))
+            }
+        })
+    }
+}
+
+/// A connection URL (`postgres://user:password@host:port/db?sslmode=require`) or libpq
+/// key/value string. Never printed with its password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ConnectionUrl(String);
+
+impl ConnectionUrl {
+    /// Wrap a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectionUrl(url.into())
+    }
+
+    /// The URL itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match crate::connection::Settings::parse(&self.0) {
+            Ok(s) => write!(f, "{:?}", s.display()),
+            Err(_) => f.write_str("<unparsable url>"),
+        }
+    }
+}
+
+/// Settings of one Postgres connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL; the role needs REPLICATION (or superuser).
+    pub url: ConnectionUrl,
+    /// Logical replication slot, created when missing.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication streamed (must include the outbox table).
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Outbox table as `schema.table`.
+    #[serde(default = "default_outbox_table")]
+    pub outbox_table: String,
+    /// `pg_logical_emit_message` prefix of table-free outbox messages.
+    #[serde(default = "default_message_prefix")]
+    pub message_prefix: String,
+    /// Channel that poison rows go to; default `dead:NAME`.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// What to do with a poison row.
+    #[serde(default)]
+    pub on_poison: OnPoison,
+    /// Delete outbox rows once their messages are durable in the log.
+    #[serde(default = "default_true")]
+    pub cleanup: bool,
+    /// Most rows deleted in one statement.
+    #[serde(default = "default_cleanup_batch")]
+    pub cleanup_batch: usize,
+    /// Pause between clean-up statements while rows are waiting.
+    #[serde(default = "default_cleanup_interval", with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// Interval of standby status updates (confirmations) to Postgres.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// Memory budget: most rows of one transaction held before they are appended (a larger
+    /// transaction is appended in parts; see docs/postgres.md).
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
+}
+
+fn default_slot() -> String {
+    DEFAULT_SLOT.into()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.into()
+}
+fn default_outbox_table() -> String {
+    DEFAULT_OUTBOX_TABLE.into()
+}
+fn default_message_prefix() -> String {
+    DEFAULT_MESSAGE_PREFIX.into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cleanup_batch() -> usize {
+    DEFAULT_CLEANUP_BATCH
+}
+fn default_cleanup_interval() -> Duration {
+    DEFAULT_CLEANUP_INTERVAL
+}
+fn default_status_interval() -> Duration {
+    DEFAULT_STATUS_INTERVAL
+}
+fn default_max_batch_messages() -> usize {
+    DEFAULT_MAX_BATCH_MESSAGES
+}
+
+/// A bad setting: the field (relative to the connector's table) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct ConfigProblem {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+/// A Postgres identifier we accept for slots and publications: lowercase letters, digits and
+/// `_`, at most 63 bytes, not starting with a digit. Slot names allow nothing else anyway,
+/// and keeping publications to the same set means they never need quoting.
+pub fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PostgresConfig {
+    /// The settings `tidings serve --postgres URL` uses.
+    pub fn with_defaults(url: ConnectionUrl) -> Self {
+        PostgresConfig {
+            url,
+            slot: default_slot(),
+            publication: default_publication(),
+            outbox_table: default_outbox_table(),
+            message_prefix: default_message_prefix(),
+            dead_letter: None,
+            on_poison: OnPoison::default(),
+            cleanup: true,
+            cleanup_batch: DEFAULT_CLEANUP_BATCH,
+            cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
+            status_interval: DEFAULT_STATUS_INTERVAL,
+            max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
+        }
+    }
+
+    /// Check every value; the first problem names its field.
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
+        let bad = |field, problem: String| Err(ConfigProblem { field, problem });
+        if let Err(e) = crate::connection::Settings::parse(self.url.expose()) {
+            return bad("url", e.to_string());
+        }
+        if !valid_identifier(&self.slot) {
+            return bad(
+                "slot",
+                format!(
+                    "{:?} is not a valid slot name: use 1 to 63 lowercase letters, digits and '_'",
+                    self.slot
+                ),
+            );
+        }
+        if !valid_identifier(&self.publication) {
+            return bad(
+                "publication",
+                format!("{:?} is not a valid publication name: use 1 to 63 lowercase letters, digits and '_'", self.publication),
+            );
+        }
+        match self.outbox_table.split_once('.') {
+            Some((schema, table)) if valid_identifier(schema) && valid_identifier(table) => {}
+            _ => {
+                return bad(
+                    "outbox_table",
+                    format!(
+                        "{:?} must be schema.table in lowercase letters, digits and '_'",
+                        self.outbox_table
+                    ),
+                )
+            }
+        }
+        if self.message_prefix.is_empty() || self.message_prefix.contains('\0') {
+            return bad("message_prefix", "must be a non-empty string".into());
+        }
+        if !(1..=100_000).contains(&self.cleanup_batch) {
+            return bad(
+                "cleanup_batch",
+                format!("is {}; it must be between 1 and 100000", self.cleanup_batch),
+            );
+        }
+        if !(100..=1_000_000).contains(&self.max_batch_messages) {
+            return bad(
+                "max_batch_messages",
+                format!(
+                    "is {}; it must be between 100 and 1000000",
+                    self.max_batch_messages
+                ),
+            );
+        }
+        if self.status_interval < Duration::from_millis(100)
+            || self.status_interval > Duration::from_secs(3600)
+        {
+            return bad(
+                "status_interval",
+                "must be between 100ms and 1h (and shorter than the server's wal_sender_timeout)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The outbox table as (schema, table). Call after [`PostgresConfig::validate`].
+    pub fn outbox(&self) -> (&str, &str) {
+        self.outbox_table
+            .split_once('.')
+            .unwrap_or(("tidings", "outbox"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> PostgresConfig {
+        serde_json::from_value(toml_to_json(toml_text)).unwrap()
+    }
+
+    /// Tiny stand-in for TOML in unit tests: `key = "value"` lines only.
+    fn toml_to_json(text: &str) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (k, v) = line.split_once('=').unwrap();
+            let v = v.trim();
+            let v = if let Some(s) = v.strip_prefix('"') {
+                serde_json::Value::String(s.trim_end_matches('"').into())
+            } else {
+                serde_json::from_str(v).unwrap()
+            };
+            map.insert(k.trim().into(), v);
+        }
+        serde_json::Value::Object(map)
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = parse("url = \"postgres://u:p@localhost/db\"");
+        assert_eq!(c.slot, "tidings");
+        assert_eq!(c.outbox(), ("tidings", "outbox"));
+        c.validate().unwrap();
+        assert!(
+            !format!("{c:?}").contains(":p@"),
+            "the password never prints: {c:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let mut c = PostgresConfig::with_defaults(ConnectionUrl::new("postgres://u@h/db"));
+        c.slot = "Bad-Slot".into();
+        assert_eq!(c.validate().unwrap_err().field, "slot");
+        c.slot = "ok".into();
+        c.outbox_table = "outbox".into();
+        assert_eq!(c.validate().unwrap_err().field, "outbox_table");
+        c.outbox_table = "a.b".into();
+        c.max_batch_messages = 0;
+        assert_eq!(c.validate().unwrap_err().field, "max_batch_messages");
+        c.max_batch_messages = 1000;
+        c.url = ConnectionUrl::new("postgres://h/db?sslmode=sometimes");
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "url");
+        assert!(e.problem.contains("sslmode"), "{e}");
+        let unknown = serde_json::from_value::<PostgresConfig>(serde_json::json!({
+            "url": "postgres://h/db", "slots": "x"
+        }));
+        assert!(unknown.unwrap_err().to_string().contains("slots"));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(valid_identifier("tidings_2"));
+        assert!(!valid_identifier("2x"));
+        assert!(!valid_identifier("a;drop"));
+        assert!(!valid_identifier(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,120 @@
+//! The SQL the connector needs, from `migrations/postgres/`, applied in version order by
+//! `tidings migrate --postgres URL`. Each applied version is recorded in
+//! `tidings.schema_migrations`; an advisory lock keeps two runs from racing. The files are
+//! idempotent as well, so a database prepared by hand is not broken by a later run.
+
+use crate::connection::{Settings, UrlError};
+use crate::slot::describe;
+
+/// One migration: version, name, SQL.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "outbox",
+    sql: include_str!("../../../migrations/postgres/0001_outbox.sql"),
+}];
+
+/// Advisory lock key of `tidings migrate` (an arbitrary constant: "tidings" in ASCII).
+const LOCK_KEY: i64 = 0x0074_6964_696e_6773;
+
+/// Why migrating failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("cannot connect to Postgres at {at}: {problem}; check the URL, that the server runs, and pg_hba.conf")]
+    Connect { at: String, problem: String },
+    #[error("migration {version} ({name}) failed: {problem}; nothing of it was applied. Fix the cause (often: connect as the database owner or a superuser) and run `tidings migrate` again")]
+    Apply {
+        version: i32,
+        name: &'static str,
+        problem: String,
+    },
+    #[error("cannot record migrations in tidings.schema_migrations: {0}")]
+    Bookkeeping(String),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Versions applied by this run.
+    pub applied: Vec<i32>,
+    /// The newest version now in the database.
+    pub current: i32,
+}
+
+/// Apply every migration the database lacks.
+pub async fn migrate(url: &str) -> Result<Report, MigrateError> {
+    let settings = Settings::parse(url)?;
+    let mut client = settings
+        .connect_sql()
+        .await
+        .map_err(|e| MigrateError::Connect {
+            at: settings.display(),
+            problem: describe(&e),
+        })?;
+    let book = |e: tokio_postgres::Error| MigrateError::Bookkeeping(describe(&e));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(book)?;
+    let result = apply_all(&mut client).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result
+}
+
+async fn apply_all(client: &mut tokio_postgres::Client) -> Result<Report, MigrateError> {
+    let book = |e: tokio_postgres::Error| MigrateError::Bookkeeping(describe(&e));
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS tidings;
+             CREATE TABLE IF NOT EXISTS tidings.schema_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(book)?;
+    let done: Vec<i32> = client
+        .query("SELECT version FROM tidings.schema_migrations", &[])
+        .await
+        .map_err(book)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        let fail = |e: tokio_postgres::Error| MigrateError::Apply {
+            version: m.version,
+            name: m.name,
+            problem: describe(&e),
+        };
+        let tx = client.transaction().await.map_err(fail)?;
+        tx.batch_execute(m.sql).await.map_err(fail)?;
+        tx.execute(
+            "INSERT INTO tidings.schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        applied.push(m.version);
+    }
+    let current = done
+        .iter()
+        .chain(applied.iter())
+        .copied()
+        .max()
+        .unwrap_or(0);
+    Ok(Report { applied, current })
+}

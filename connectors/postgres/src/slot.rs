@@ -1,0 +1,207 @@
+//! Checks before streaming, and the replication slot: created when missing on a first run,
+//! never silently recreated once a checkpoint says we read from it.
+
+use tidings_connectors_core::SourceError;
+use tokio_postgres::Client;
+
+use crate::pgoutput::{format_lsn, parse_lsn, Lsn};
+
+/// What the slot looks like before streaming starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// Created by this start.
+    pub created: bool,
+    /// The slot's `confirmed_flush_lsn`: everything before it was confirmed by us.
+    pub confirmed_flush: Lsn,
+    /// Bytes of WAL the slot holds back (`pg_current_wal_lsn() - restart_lsn`).
+    pub lag_bytes: i64,
+}
+
+fn fatal(what: impl Into<String>, fix: impl Into<String>) -> SourceError {
+    SourceError::Fatal {
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Map an SQL error: connection trouble is transient, the rest needs the operator.
+pub fn sql_error(doing: &str, e: tokio_postgres::Error) -> SourceError {
+    use tokio_postgres::error::SqlState;
+    let code = e.code().cloned();
+    let fatal_fix = match &code {
+        Some(c) if *c == SqlState::INVALID_PASSWORD => {
+            Some("check the user and password in the connection URL")
+        }
+        Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => Some(
+            "allow this user and host in pg_hba.conf (for replication as well as for the database)",
+        ),
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            Some("check the database name in the connection URL")
+        }
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            Some("grant the connector's role the privileges named above")
+        }
+        _ => None,
+    };
+    let what = format!("{doing}: {}", describe(&e));
+    match fatal_fix {
+        Some(fix) => fatal(what, fix),
+        None => SourceError::Transient {
+            what,
+            source: Some(Box::new(e)),
+        },
+    }
+}
+
+/// The server's message (with its detail), or the client error's chain.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Check the server can stream to us, and find or create the slot.
+///
+/// `resuming` is the stored checkpoint: with one, a missing slot means changes were lost.
+pub async fn prepare(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    resuming: Option<Lsn>,
+) -> Result<SlotState, SourceError> {
+    let q = |doing: &'static str| move |e| sql_error(doing, e);
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(q("cannot read wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(fatal(
+            format!("wal_level is {wal_level:?}; logical replication needs \"logical\""),
+            "run ALTER SYSTEM SET wal_level = logical; (as a superuser) and restart Postgres, or start it with -c wal_level=logical",
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(q("cannot read the role's attributes"))?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if !can_replicate {
+        return Err(fatal(
+            format!("role {user:?} may not start replication"),
+            format!("as a superuser run ALTER ROLE \"{user}\" REPLICATION; or connect as a role that has it"),
+        ));
+    }
+    let publication_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(q("cannot look up the publication"))?
+        .is_some();
+    if !publication_exists {
+        return Err(fatal(
+            format!("publication {publication:?} does not exist in this database"),
+            "run `tidings migrate --postgres URL` to create the outbox and its publication, or set the connector's `publication` to an existing one",
+        ));
+    }
+    let found = client
+        .query_opt(
+            "SELECT slot_type, plugin, database = current_database(), wal_status, \
+                    confirmed_flush_lsn::text, \
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(q("cannot look up the replication slot"))?;
+    let Some(row) = found else {
+        if let Some(lsn) = resuming {
+            return Err(fatal(
+                format!(
+                    "replication slot {slot:?} does not exist, but this connector's checkpoint is at LSN {}: the slot was dropped, and with it the WAL of every change committed after that point that Tidings had not read yet. Those outbox rows can no longer be streamed",
+                    format_lsn(lsn)
+                ),
+                format!(
+                    "create the slot again (SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');) and restart Tidings: it resumes from the new slot. Rows committed while there was no slot are not streamed: re-insert the ones clients must see (unpublished rows are still in the outbox table unless the application deleted them)"
+                ),
+            ));
+        }
+        return create(client, slot).await;
+    };
+    let (slot_type, plugin, same_db): (String, Option<String>, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    let wal_status: Option<String> = row.get(3);
+    if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") || !same_db {
+        return Err(fatal(
+            format!(
+                "replication slot {slot:?} exists but is not a pgoutput logical slot of this database (type {slot_type}, plugin {})",
+                plugin.as_deref().unwrap_or("none")
+            ),
+            "choose another slot name with the connector's `slot` option, or drop that slot if nothing uses it",
+        ));
+    }
+    if wal_status.as_deref() == Some("lost") {
+        return Err(lost(slot));
+    }
+    let confirmed: Option<String> = row.get(4);
+    Ok(SlotState {
+        created: false,
+        confirmed_flush: confirmed.as_deref().and_then(parse_lsn).unwrap_or(0),
+        lag_bytes: row.get(5),
+    })
+}
+
+/// The error for a slot Postgres invalidated.
+pub fn lost(slot: &str) -> SourceError {
+    fatal(
+        format!("replication slot {slot:?} was invalidated by Postgres (wal_status = lost, usually max_slot_wal_keep_size was exceeded while Tidings was behind or down): the WAL of changes Tidings had not read yet was removed, and those outbox rows can no longer be streamed"),
+        format!("drop and recreate the slot (SELECT pg_drop_replication_slot('{slot}'); SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');), restart Tidings, and re-insert the outbox rows clients must see; raise max_slot_wal_keep_size to survive longer outages"),
+    )
+}
+
+async fn create(client: &Client, slot: &str) -> Result<SlotState, SourceError> {
+    match client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(row) => {
+            let lsn: String = row.get(0);
+            tracing::info!(%slot, lsn = %lsn, "created the replication slot");
+            Ok(SlotState {
+                created: true,
+                confirmed_flush: parse_lsn(&lsn).unwrap_or(0),
+                lag_bytes: 0,
+            })
+        }
+        // Another instance created it in the meantime: stream from it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Ok(SlotState {
+                created: false,
+                confirmed_flush: 0,
+                lag_bytes: 0,
+            })
+        }
+        Err(e) => Err(sql_error("cannot create the replication slot", e)),
+    }
+}

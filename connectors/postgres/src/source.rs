@@ -1,0 +1,449 @@
+//! The Postgres [`Source`]: outbox rows (and `pg_logical_emit_message` messages) read from a
+//! logical replication slot, one batch per source transaction, in commit order.
+//!
+//! Positions. A batch's position is its transaction's *end* LSN (just past the commit record):
+//! Postgres skips, on `START_REPLICATION` at that LSN, every transaction whose commit lies
+//! before it, so a restart from the checkpoint resumes right after the last durable
+//! transaction. Message ids are `pg:<commit LSN>:<index in the transaction>` (or the row's own
+//! `message_id`), stable across replays, so anything replayed deduplicates in the log.
+//!
+//! Confirmation. Postgres hears (standby status update) only positions passed to
+//! [`Source::committed`]. When nothing is open and everything handed out is durable, a
+//! transaction without outbox rows, or a keepalive's `wal_end`, is confirmed as well, so an
+//! idle outbox on a busy database does not make the slot hold back WAL.
+//!
+//! Memory budget. A transaction with more than `max_batch_messages` rows is handed out in
+//! parts: each part but the last carries the previous checkpoint as its position (a crash in
+//! between replays the whole transaction and the ids deduplicate); the last part carries the
+//! end LSN. Readers may see such a transaction's messages before all of it is in the log.
+
+use std::collections::HashMap;
+
+use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
+use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
+
+use crate::cleanup::Cleanup;
+use crate::config::{OnPoison, PostgresConfig};
+use crate::connection::Settings;
+use crate::outbox::{self, OutboxColumns};
+use crate::pgoutput::{self, format_lsn, Lsn};
+use crate::slot;
+
+/// A Postgres outbox connector.
+pub struct PostgresSource {
+    name: String,
+    config: PostgresConfig,
+    settings: Settings,
+    dead_letter: String,
+    stream: Option<ReplicationClient>,
+    /// Relations of this session, by oid; `Some` columns for the outbox table.
+    relations: HashMap<u32, Option<OutboxColumns>>,
+    txn: Option<Txn>,
+    /// The last position known durable (checkpoint, slot start, or `committed`).
+    durable: Lsn,
+    /// The position of the last batch handed out; equal to `durable` once it is committed.
+    handed: Option<Lsn>,
+    /// Outbox row ids of the batch handed out, deleted once it is committed.
+    handed_rows: Vec<i64>,
+    /// Highest position confirmed to Postgres.
+    confirmed: Lsn,
+    cleanup: Option<Cleanup>,
+}
+
+/// The transaction being read.
+struct Txn {
+    /// Its commit LSN (`final_lsn` of Begin): the base of its message ids.
+    commit_lsn: Lsn,
+    next_index: u64,
+    messages: Vec<Publish>,
+    rows: Vec<i64>,
+    /// Parts of it were already handed out.
+    split: bool,
+}
+
+/// Why building the source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connector {name}: {problem}")]
+pub struct BuildError {
+    pub name: String,
+    pub problem: crate::config::ConfigProblem,
+}
+
+impl PostgresSource {
+    /// A source named `name` (its checkpoint key) with validated `config`. Poison rows it
+    /// cannot even decode go to `dead_letter` (or stop it, per `config.on_poison`).
+    pub fn new(
+        name: impl Into<String>,
+        config: PostgresConfig,
+        dead_letter: impl Into<String>,
+    ) -> Result<Self, BuildError> {
+        let name = name.into();
+        config.validate().map_err(|problem| BuildError {
+            name: name.clone(),
+            problem,
+        })?;
+        let settings =
+            crate::connection::Settings::parse(config.url.expose()).expect("validated above");
+        Ok(PostgresSource {
+            name,
+            config,
+            settings,
+            dead_letter: dead_letter.into(),
+            stream: None,
+            relations: HashMap::new(),
+            txn: None,
+            durable: 0,
+            handed: None,
+            handed_rows: Vec::new(),
+            confirmed: 0,
+            cleanup: None,
+        })
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            if let Some(s) = &self.stream {
+                s.update_applied_lsn(PgLsn::from_u64(lsn));
+            }
+        }
+    }
+
+    /// Nothing handed out is waiting for `committed`.
+    fn all_durable(&self) -> bool {
+        self.handed.is_none_or(|h| h <= self.durable) && self.handed_rows.is_empty()
+    }
+
+    fn poison(&self, problem: String, commit_lsn: Lsn, id: String) -> Result<Publish, SourceError> {
+        tracing::warn!(source = %self.name, %problem, commit_lsn = %format_lsn(commit_lsn), "poison outbox change");
+        match self.config.on_poison {
+            OnPoison::Stop => Err(SourceError::Fatal {
+                what: format!(
+                    "connector {} read an outbox change that cannot be published ({problem}) in the transaction committed at {}",
+                    self.name,
+                    format_lsn(commit_lsn)
+                ),
+                fix: "correct the writer; to skip such changes set on_poison = \"dead_letter\"".into(),
+            }),
+            OnPoison::DeadLetter => Ok(Publish {
+                channel: self.dead_letter.clone(),
+                name: Some("dead_letter".into()),
+                data: Some(serde_json::json!({
+                    "error": problem,
+                    "source": self.name,
+                    "commit_lsn": format_lsn(commit_lsn),
+                })),
+                headers: None,
+                id: Some(id),
+            }),
+        }
+    }
+
+    /// Apply one pgoutput change of the open transaction.
+    fn change(&mut self, message: pgoutput::Message) -> Result<(), SourceError> {
+        use pgoutput::Message as M;
+        match message {
+            M::Relation(rel) => {
+                let (schema, table) = self.config.outbox();
+                let cols =
+                    (rel.namespace == schema && rel.name == table).then(|| OutboxColumns::of(&rel));
+                self.relations.insert(rel.oid, cols);
+            }
+            M::Insert { relation, new } => {
+                let cols = match self.relations.get(&relation) {
+                    Some(Some(cols)) => cols.clone(),
+                    // Another table of the publication: not captured by the outbox connector.
+                    Some(None) => return Ok(()),
+                    None => {
+                        return Err(protocol(format!(
+                            "an insert into relation {relation} arrived before its description"
+                        )))
+                    }
+                };
+                let Some(txn) = self.txn.as_mut() else {
+                    return Err(protocol("an insert arrived outside a transaction".into()));
+                };
+                let id = outbox::derived_id(txn.commit_lsn, txn.next_index);
+                txn.next_index += 1;
+                let commit_lsn = txn.commit_lsn;
+                match outbox::row(&cols, &new, id.clone()) {
+                    Ok(row) => {
+                        let txn = self.txn.as_mut().expect("open");
+                        txn.rows.extend(row.row_id);
+                        txn.messages.push(row.publish);
+                    }
+                    Err(problem) => {
+                        let p = self.poison(problem, commit_lsn, id)?;
+                        self.txn.as_mut().expect("open").messages.push(p);
+                    }
+                }
+            }
+            // The outbox publishes inserts; updates, deletes and truncates of other tables in a
+            // wider publication are not this connector's business.
+            M::Update { .. } | M::Delete { .. } | M::Truncate { .. } => {}
+            M::Type { .. } | M::Origin { .. } => {}
+            M::Begin { .. } | M::Commit { .. } | M::Message { .. } => {
+                return Err(protocol(
+                    "a transaction boundary or logical message arrived as raw data".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn emitted(
+        &mut self,
+        transactional: bool,
+        lsn: Lsn,
+        content: &[u8],
+    ) -> Result<Option<Batch>, SourceError> {
+        if transactional {
+            let Some(txn) = self.txn.as_mut() else {
+                return Err(protocol(
+                    "a transactional message arrived outside a transaction".into(),
+                ));
+            };
+            let id = outbox::derived_id(txn.commit_lsn, txn.next_index);
+            txn.next_index += 1;
+            let commit_lsn = txn.commit_lsn;
+            let p = match outbox::emitted(content, id.clone()) {
+                Ok(p) => p,
+                Err(problem) => self.poison(problem, commit_lsn, id)?,
+            };
+            self.txn.as_mut().expect("open").messages.push(p);
+            return Ok(None);
+        }
+        // A non-transactional message is its own batch at its own LSN.
+        let id = outbox::derived_id(lsn, 0);
+        let p = match outbox::emitted(content, id.clone()) {
+            Ok(p) => p,
+            Err(problem) => self.poison(problem, lsn, id)?,
+        };
+        let position = lsn.max(self.durable);
+        self.handed = Some(position);
+        Ok(Some(Batch {
+            messages: vec![p],
+            position: SourcePosition::PostgresLsn(position),
+        }))
+    }
+
+    fn hand_out(&mut self, messages: Vec<Publish>, rows: Vec<i64>, position: Lsn) -> Batch {
+        self.handed = Some(position);
+        self.handed_rows = rows;
+        Batch {
+            messages,
+            position: SourcePosition::PostgresLsn(position),
+        }
+    }
+}
+
+fn protocol(what: String) -> SourceError {
+    SourceError::Transient {
+        what: format!("unexpected replication data: {what}; reconnecting"),
+        source: None,
+    }
+}
+
+fn lsn_of(position: &SourcePosition) -> Result<Lsn, SourceError> {
+    match position {
+        SourcePosition::PostgresLsn(l) => Ok(*l),
+        other => Err(SourceError::Fatal {
+            what: format!("the stored checkpoint {other:?} is not a Postgres position"),
+            fix: "give this connector a name no other kind of connector used before".into(),
+        }),
+    }
+}
+
+/// Map a replication session error to a retry decision.
+fn stream_error(slot_name: &str, e: PgWireError) -> SourceError {
+    let text = e.to_string();
+    match &e {
+        PgWireError::Server(msg) if msg.contains("42704") && msg.contains("replication slot") => {
+            SourceError::Fatal {
+                what: format!("replication slot {slot_name:?} disappeared while streaming ({msg}); changes committed after the last checkpoint that Tidings had not read can no longer be streamed"),
+                fix: format!("create it again (SELECT pg_create_logical_replication_slot('{slot_name}', 'pgoutput');), restart Tidings, and re-insert the outbox rows clients must see"),
+            }
+        }
+        PgWireError::Server(msg)
+            if msg.contains("can no longer get changes") || msg.contains("invalidated") =>
+        {
+            slot::lost(slot_name)
+        }
+        PgWireError::Auth(msg) => SourceError::Fatal {
+            what: format!("the replication session could not authenticate: {msg}"),
+            fix: "check the user and password in the URL, and that pg_hba.conf lets this user connect to this database".into(),
+        },
+        PgWireError::Tls(msg) => SourceError::Fatal {
+            what: format!("TLS to Postgres failed: {msg}"),
+            fix: "check sslmode and sslrootcert in the URL, and the server's certificate".into(),
+        },
+        _ => SourceError::Transient {
+            what: format!("replication stream failed: {text}"),
+            source: Some(Box::new(e)),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for PostgresSource {
+    async fn start(&mut self, from: Option<SourcePosition>) -> Result<(), SourceError> {
+        // A restart: forget the previous session entirely.
+        if let Some(old) = self.stream.take() {
+            old.stop();
+        }
+        self.relations.clear();
+        self.txn = None;
+        self.handed = None;
+        self.handed_rows.clear();
+        let from = from.as_ref().map(lsn_of).transpose()?;
+        let sql = self.settings.connect_sql().await.map_err(|e| {
+            slot::sql_error(&format!("cannot connect to {}", self.settings.display()), e)
+        })?;
+        let state = slot::prepare(&sql, &self.config.slot, &self.config.publication, from).await?;
+        drop(sql);
+        // Postgres starts at the later of our position and the slot's confirmed position.
+        self.durable = from.unwrap_or(0).max(state.confirmed_flush);
+        self.confirmed = self.durable;
+        tracing::info!(
+            source = %self.name,
+            slot = %self.config.slot,
+            from = %format_lsn(from.unwrap_or(0)),
+            confirmed_flush = %format_lsn(state.confirmed_flush),
+            slot_lag_bytes = state.lag_bytes,
+            created = state.created,
+            "postgres replication starting"
+        );
+        let mut cfg = self
+            .settings
+            .replication(&self.config.slot, &self.config.publication)
+            .with_start_lsn(PgLsn::from_u64(from.unwrap_or(0)))
+            .with_status_interval(self.config.status_interval)
+            .with_wakeup_interval(self.config.status_interval);
+        if self.durable > 0 {
+            cfg = cfg.with_ack_lsn(PgLsn::from_u64(self.durable));
+        }
+        let mut stream = ReplicationClient::connect(cfg)
+            .await
+            .map_err(|e| stream_error(&self.config.slot, e))?;
+        stream
+            .wait_started()
+            .await
+            .map_err(|e| stream_error(&self.config.slot, e))?;
+        self.stream = Some(stream);
+        if self.config.cleanup && self.cleanup.is_none() {
+            self.cleanup = Some(Cleanup::spawn(
+                self.settings.clone(),
+                self.config.outbox(),
+                self.config.cleanup_batch,
+                self.config.cleanup_interval,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Batch, SourceError> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(SourceError::Transient {
+                    what: "the replication session is not started".into(),
+                    source: None,
+                });
+            };
+            let event = match stream.recv().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    self.stream = None;
+                    return Err(SourceError::Transient {
+                        what: "the replication stream ended".into(),
+                        source: None,
+                    });
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Err(stream_error(&self.config.slot, e));
+                }
+            };
+            match event {
+                ReplicationEvent::Begin { final_lsn, .. } => {
+                    if self.txn.is_some() {
+                        return Err(protocol("a transaction began inside another".into()));
+                    }
+                    self.txn = Some(Txn {
+                        commit_lsn: final_lsn.as_u64(),
+                        next_index: 0,
+                        messages: Vec::new(),
+                        rows: Vec::new(),
+                        split: false,
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let message = pgoutput::decode(&data).map_err(|e| protocol(e.to_string()))?;
+                    self.change(message)?;
+                    let limit = self.config.max_batch_messages;
+                    if let Some(txn) = self.txn.as_mut().filter(|t| t.messages.len() >= limit) {
+                        txn.split = true;
+                        let messages = std::mem::take(&mut txn.messages);
+                        let rows = std::mem::take(&mut txn.rows);
+                        let position = self.durable;
+                        return Ok(self.hand_out(messages, rows, position));
+                    }
+                }
+                ReplicationEvent::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                } => {
+                    if prefix != self.config.message_prefix {
+                        continue;
+                    }
+                    if let Some(batch) = self.emitted(transactional, lsn.as_u64(), &content)? {
+                        return Ok(batch);
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    let Some(txn) = self.txn.take() else {
+                        return Err(protocol("a commit arrived without a transaction".into()));
+                    };
+                    let end = end_lsn.as_u64();
+                    if txn.messages.is_empty() && !txn.split {
+                        // Nothing for the log: confirm it directly once all before is durable.
+                        if self.all_durable() {
+                            self.durable = self.durable.max(end);
+                            self.confirm(end);
+                        }
+                        continue;
+                    }
+                    return Ok(self.hand_out(txn.messages, txn.rows, end));
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // The walsender has sent everything before wal_end: with no transaction
+                    // open and nothing waiting to become durable, there is nothing to lose.
+                    if self.txn.is_none() && self.all_durable() {
+                        let end = wal_end.as_u64();
+                        self.durable = self.durable.max(end);
+                        self.confirm(end);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => {
+                    self.stream = None;
+                    return Err(SourceError::Transient {
+                        what: "the replication stream stopped".into(),
+                        source: None,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError> {
+        let lsn = lsn_of(position)?;
+        self.durable = self.durable.max(lsn);
+        let rows = std::mem::take(&mut self.handed_rows);
+        if let Some(c) = &self.cleanup {
+            c.durable(rows);
+        }
+        self.confirm(lsn);
+        Ok(())
+    }
+}

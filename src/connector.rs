@@ -1,0 +1,176 @@
+//! Database connectors from the configuration: `[connectors.NAME]` tables, validated with the
+//! rest of the configuration and turned into [`Source`]s for [`crate::runtime::Server`].
+//!
+//! A connector's name keys its checkpoint in the log (renaming it starts it from scratch) and
+//! names its default dead-letter channel, `dead:NAME`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tidings_connector_postgres::{PostgresConfig, PostgresSource};
+use tidings_connectors_core::Source;
+
+use crate::channel::ChannelName;
+use crate::config::{Config, ConfigError};
+use crate::source::{PoisonPolicy, SourceOptions};
+
+/// Name `tidings serve --postgres URL` gives its connector.
+pub const DEFAULT_POSTGRES_NAME: &str = "postgres";
+
+/// One configured connector, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConnectorConfig {
+    /// A Postgres outbox read over logical replication (`connectors/postgres`).
+    Postgres(PostgresConfig),
+}
+
+fn invalid(field: String, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The dead-letter channel of connector `name`.
+fn dead_letter(name: &str, configured: Option<&str>) -> Result<ChannelName, ConfigError> {
+    let text = configured
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("dead:{name}"));
+    ChannelName::parse(&text).map_err(|e| {
+        invalid(
+            format!("connectors.{name}.dead_letter"),
+            format!("{text:?} is not a valid channel name: {e}"),
+        )
+    })
+}
+
+/// Check every connector; the first problem is named by its dotted path.
+pub fn validate(connectors: &BTreeMap<String, ConnectorConfig>) -> Result<(), ConfigError> {
+    for (name, connector) in connectors {
+        if !valid_name(name) {
+            return Err(invalid(
+                format!("connectors.{name:?}"),
+                "is not a valid connector name: use 1 to 64 letters, digits, '_' and '-'",
+            ));
+        }
+        match connector {
+            ConnectorConfig::Postgres(pg) => {
+                pg.validate()
+                    .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
+                dead_letter(name, pg.dead_letter.as_deref())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
+pub type Sources = Vec<(SourceOptions, Box<dyn Source>)>;
+
+/// Build every configured connector as a source with its runner options.
+pub fn build(config: &Config) -> Result<Sources, ConfigError> {
+    validate(&config.connectors)?;
+    let mut sources: Sources = Vec::new();
+    for (name, connector) in &config.connectors {
+        match connector {
+            ConnectorConfig::Postgres(pg) => {
+                let dlq = dead_letter(name, pg.dead_letter.as_deref())?;
+                let poison = match pg.on_poison {
+                    tidings_connector_postgres::OnPoison::DeadLetter => {
+                        PoisonPolicy::DeadLetter(dlq.clone())
+                    }
+                    tidings_connector_postgres::OnPoison::Stop => PoisonPolicy::Stop,
+                };
+                let source =
+                    PostgresSource::new(name.clone(), pg.clone(), dlq.as_str()).map_err(|e| {
+                        invalid(
+                            format!("connectors.{name}.{}", e.problem.field),
+                            e.problem.problem,
+                        )
+                    })?;
+                sources.push((
+                    SourceOptions {
+                        name: name.clone(),
+                        poison,
+                        max_message_bytes: config.limits.max_message_bytes,
+                    },
+                    Box::new(source),
+                ));
+            }
+        }
+    }
+    Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_connectors_parse_and_validate() {
+        let c = Config::from_toml(
+            r#"
+            [connectors.orders]
+            type = "postgres"
+            url = "postgres://app:secret@db/shop"
+            slot = "orders_slot"
+            dead_letter = "dead:orders-x"
+            cleanup_batch = 500
+            status_interval = "2s"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let sources = build(&c).unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].0.name, "orders");
+        assert_eq!(
+            sources[0].0.poison,
+            PoisonPolicy::DeadLetter(ChannelName::parse("dead:orders-x").unwrap())
+        );
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password never prints"
+        );
+    }
+
+    #[test]
+    fn bad_connectors_name_the_dotted_field() {
+        let field = |toml: &str| match Config::from_toml(toml).map(|c| c.validate()) {
+            Ok(Err(ConfigError::Invalid { field, .. })) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field("[connectors.orders]\ntype = \"postgres\"\nurl = \"postgres://u@h/d\"\nslot = \"Bad Slot\"\n"),
+            "connectors.orders.slot"
+        );
+        assert_eq!(
+            field("[connectors.orders]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\n"),
+            "connectors.orders.url"
+        );
+        assert_eq!(
+            field("[connectors.orders]\ntype = \"postgres\"\nurl = \"postgres://u@h/d\"\ndead_letter = \"no spaces\"\n"),
+            "connectors.orders.dead_letter"
+        );
+        assert_eq!(
+            field("[connectors.\"a b\"]\ntype = \"postgres\"\nurl = \"postgres://u@h/d\"\n"),
+            "connectors.\"a b\""
+        );
+        let err = Config::from_toml(
+            "[connectors.orders]\ntype = \"postgres\"\nurl = \"postgres://u@h/d\"\nslott = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("slott"), "{err}");
+        let err = Config::from_toml("[connectors.orders]\ntype = \"oracle\"\n").unwrap_err();
+        assert!(err.contains("oracle"), "{err}");
+    }
+}
