@@ -25,6 +25,18 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_PUBLISH_BATCH: usize = 1000;
 /// Default most publishes awaiting their ack on one connection.
 pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+/// Default most connections per server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default most connections per API key or token subject.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SUBJECT: usize = 10_000;
+/// Default most channels attached on one connection.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1_000;
+/// Default publishes per second per connection.
+pub const DEFAULT_PUBLISH_RATE: u32 = 1_000;
+/// Default interval of WebSocket pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Default time without any frame from a client before its connection is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Default longest history page.
 pub const DEFAULT_HISTORY_PAGE_MAX: usize = 1000;
 /// Default time a connection may take to drain its socket before it is closed as slow.
@@ -121,6 +133,11 @@ pub struct Limits {
     pub max_publish_batch: usize,
     pub max_inflight_publishes: usize,
     pub history_page_max: usize,
+    pub max_connections: usize,
+    pub max_connections_per_subject: usize,
+    pub max_channels_per_connection: usize,
+    /// Publishes per second per connection (bursts up to the same number).
+    pub publish_rate: u32,
 }
 
 impl Default for Limits {
@@ -130,6 +147,10 @@ impl Default for Limits {
             max_publish_batch: DEFAULT_MAX_PUBLISH_BATCH,
             max_inflight_publishes: DEFAULT_MAX_INFLIGHT,
             history_page_max: DEFAULT_HISTORY_PAGE_MAX,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_subject: DEFAULT_MAX_CONNECTIONS_PER_SUBJECT,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            publish_rate: DEFAULT_PUBLISH_RATE,
         }
     }
 }
@@ -145,6 +166,10 @@ pub struct SessionConfig {
     pub live_buffer: usize,
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -154,6 +179,8 @@ impl Default for SessionConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             live_buffer: DEFAULT_LIVE_BUFFER,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -321,6 +348,18 @@ impl Config {
             ),
             ("limits.history_page_max", l.history_page_max, 100_000),
             ("session.live_buffer", self.session.live_buffer, 1 << 20),
+            ("limits.max_connections", l.max_connections, 10_000_000),
+            (
+                "limits.max_connections_per_subject",
+                l.max_connections_per_subject,
+                10_000_000,
+            ),
+            (
+                "limits.max_channels_per_connection",
+                l.max_channels_per_connection,
+                1_000_000,
+            ),
+            ("limits.publish_rate", l.publish_rate as usize, 10_000_000),
         ] {
             if value == 0 || value > max {
                 return Err(invalid(
@@ -341,6 +380,12 @@ impl Config {
             if value.is_zero() {
                 return Err(invalid(field, "must be longer than zero"));
             }
+        }
+        if self.session.idle_timeout <= self.session.ping_interval {
+            return Err(invalid(
+                "session.idle_timeout",
+                "must be longer than session.ping_interval, or every idle client is cut before it can answer a ping",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, key) in self.api_keys.iter().enumerate() {

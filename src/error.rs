@@ -48,8 +48,11 @@ impl ApiError {
             | ErrorCode::InvalidMessage
             | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::TooManyConnections | ErrorCode::TooManyChannels | ErrorCode::RateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::NotAttached => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

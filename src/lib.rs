@@ -11,6 +11,7 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod publish;

@@ -28,6 +28,10 @@ pub enum CloseReason {
     shutdown,
     /// A protocol violation the connection cannot survive (oversized frame, broken socket).
     protocol,
+    /// Nothing heard from the client within the idle timeout.
+    idle,
+    /// The connection's token expired without renewal.
+    token_expired,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -100,6 +100,10 @@ impl Server {
             metrics,
             shutdown: shutdown.clone(),
             sessions: TaskTracker::new(),
+            admission: crate::limits::Admission::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_subject,
+            ),
         };
         let retention = tokio::spawn(retain_forever(
             log.clone(),

@@ -15,12 +15,13 @@ use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tidings_protocol::{
     ClientFrame, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
-    CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, PROTOCOL_VERSION,
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, PROTOCOL_VERSION,
 };
 
 use crate::auth::{Operation, Principal};
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::limits::{Permit, RateLimit};
 use crate::log::Appended;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish::{self, MessageIn};
@@ -39,12 +40,14 @@ enum End {
     SlowConsumer,
     Shutdown,
     Protocol,
+    Idle,
+    TokenExpired,
 }
 
 type PublishDone = (Option<String>, ChannelName, Result<Vec<Appended>, ApiError>);
 
 /// Run a session on an upgraded socket until it ends.
-pub async fn run<S>(socket: S, state: AppState, principal: Principal)
+pub async fn run<S>(socket: S, state: AppState, principal: Principal, permit: Permit)
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -52,6 +55,7 @@ where
         + 'static,
 {
     let _connection = state.metrics.connection(Transport::websocket);
+    let _permit = permit;
     let (sink, mut incoming) = socket.split();
     let mut s = Session {
         out: Out {
@@ -63,6 +67,9 @@ where
         principal,
         subscription: Subscription::new(state.log.clone(), state.hub.clone()),
         inflight: FuturesUnordered::new(),
+        rate: RateLimit::new(state.config.limits.publish_rate),
+        last_heard: Instant::now(),
+        renewed: None,
     };
     let hello = ServerFrame::Connected {
         connection_id: format!("{:016x}", rand::random::<u64>()),
@@ -77,6 +84,11 @@ where
         heartbeat_every,
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ping_every = state.config.session.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_timeout = state.config.session.idle_timeout;
+    let mut expiry = Box::pin(tokio::time::sleep_until(expiry_instant(&s.principal)));
 
     let end = match s.out.frame(&hello).await {
         Err(end) => end,
@@ -85,6 +97,8 @@ where
                 biased;
                 // Shutdown first: nothing else matters once the server is going away.
                 _ = state.shutdown.cancelled() => Err(End::Shutdown),
+                // An expired token ends the session before anything else is delivered under it.
+                _ = &mut expiry => Err(End::TokenExpired),
                 // Then acks: they unblock the client's publishers.
                 Some(done) = s.inflight.next(), if !s.inflight.is_empty() => s.on_published(done).await,
                 // Then client frames (paused while too many publishes are in flight: back-pressure).
@@ -94,18 +108,44 @@ where
                         tracing::debug!(error = %e, "websocket read failed");
                         Err(if is_too_big(&e) { End::Protocol } else { End::Client })
                     }
-                    Some(Ok(msg)) => s.on_client(msg).await,
+                    Some(Ok(msg)) => {
+                        s.last_heard = Instant::now();
+                        let step = s.on_client(msg).await;
+                        if let Some(renewed) = s.renewed.take() {
+                            expiry.as_mut().reset(renewed);
+                        }
+                        step
+                    }
                 },
                 // Then deliveries (catch-up pages or live batches), each sharing one flush.
                 event = s.subscription.next(LIVE_BATCH) => s.deliver(event).await,
                 _ = heartbeat.tick() => s.on_heartbeat(heartbeat_every).await,
+                _ = ping.tick() => {
+                    if s.last_heard.elapsed() > idle_timeout {
+                        Err(End::Idle)
+                    } else {
+                        s.out.send_ping().await
+                    }
+                }
             };
             if let Err(end) = step {
                 break end;
             }
         },
     };
-    s.finish(end).await;
+    s.finish(end, incoming).await;
+}
+
+/// When the principal's token expires, as a timer instant (far future for API keys).
+fn expiry_instant(p: &Principal) -> tokio::time::Instant {
+    let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+    match p.expires_at {
+        None => far,
+        Some(at) => match at.duration_since(std::time::SystemTime::now()) {
+            Ok(left) => tokio::time::Instant::now() + left,
+            Err(_) => tokio::time::Instant::now(),
+        },
+    }
 }
 
 fn is_too_big(e: &axum::Error) -> bool {
@@ -143,6 +183,11 @@ where
         }
     }
 
+    async fn send_ping(&mut self) -> Result<(), End> {
+        self.feed(Message::Ping(Default::default())).await?;
+        self.flush().await
+    }
+
     async fn frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = serde_json::to_string(frame).expect("server frames always encode");
         self.feed(Message::Text(text.into())).await?;
@@ -155,6 +200,11 @@ struct Session<S> {
     state: AppState,
     principal: Principal,
     subscription: Subscription,
+    rate: RateLimit,
+    /// When the client last sent anything (frames, pongs).
+    last_heard: Instant,
+    /// Set when an `auth` frame replaced the token: the new expiry.
+    renewed: Option<tokio::time::Instant>,
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = PublishDone> + Send>>>,
 }
 
@@ -219,6 +269,18 @@ where
                     data,
                     headers,
                 };
+                if !self.rate.try_take(Instant::now()) {
+                    let e = ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} publishes per second on this connection (limits.publish_rate); retry in {:?}",
+                            self.state.config.limits.publish_rate,
+                            self.rate.retry_after()
+                        ),
+                    )
+                    .on(channel);
+                    return self.error(e, reference).await;
+                }
                 match self.prepare_publish(&channel, message) {
                     Ok(m) => {
                         let log = self.state.log.clone();
@@ -236,7 +298,62 @@ where
             ClientFrame::Ping { reference } => {
                 self.out.frame(&ServerFrame::Pong { reference }).await
             }
+            ClientFrame::Auth { token, reference } => self.reauthenticate(&token, reference).await,
         }
+    }
+
+    /// Replace the connection's token. The subject must stay the same; channels the new token
+    /// no longer allows are detached with `forbidden`.
+    async fn reauthenticate(&mut self, token: &str, reference: Option<String>) -> Result<(), End> {
+        if token.contains(':') {
+            let e = ApiError::new(
+                ErrorCode::Unauthorized,
+                "`auth` takes a signed token; API keys are given when connecting",
+            );
+            return self.error(e, reference).await;
+        }
+        let principal = match self.state.auth.authenticate(Some(token)) {
+            Ok(p) => p,
+            Err(e) => return self.error(crate::server::auth_error(e), reference).await,
+        };
+        if principal.subject != self.principal.subject {
+            let e = ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the new token is for {:?}, this connection for {:?}; reconnect to change identity",
+                    principal.subject, self.principal.subject
+                ),
+            );
+            return self.error(e, reference).await;
+        }
+        self.principal = principal;
+        self.renewed = Some(expiry_instant(&self.principal));
+        let lost: Vec<ChannelName> = self
+            .subscription
+            .positions()
+            .map(|(c, _, _)| c.clone())
+            .filter(|c| !self.principal.allows(Operation::Subscribe, c.as_str()))
+            .collect();
+        for channel in lost {
+            self.subscription.detach(&channel);
+            self.error(
+                ApiError::forbidden(Operation::Subscribe, channel.as_str()),
+                None,
+            )
+            .await?;
+        }
+        let expires_at = self.principal.expires_at.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64)
+        });
+        self.out
+            .frame(&ServerFrame::Authorized {
+                reference,
+                subject: self.principal.subject.to_string(),
+                expires_at,
+            })
+            .await
     }
 
     fn prepare_publish(
@@ -297,6 +414,16 @@ where
             .on(channel.as_str());
             return self.error(e, None).await;
         }
+        let max = self.state.config.limits.max_channels_per_connection;
+        let attached_already = self.subscription.positions().any(|(c, _, _)| *c == channel);
+        if self.subscription.len() >= max && !attached_already {
+            let e = ApiError::new(
+                ErrorCode::TooManyChannels,
+                format!("this connection already has {max} channels attached (limits.max_channels_per_connection); detach some or open another connection"),
+            )
+            .on(channel.as_str());
+            return self.error(e, None).await;
+        }
         let a = self.subscription.attach(&channel, from.as_ref(), rewind);
         self.out
             .frame(&ServerFrame::Attached {
@@ -350,9 +477,25 @@ where
         Ok(())
     }
 
-    async fn finish(mut self, end: End) {
+    async fn finish(mut self, end: End, mut incoming: futures_util::stream::SplitStream<S>) {
         let (reason, close) = match end {
             End::Client => (CloseReason::client, None),
+            End::Idle => (
+                CloseReason::idle,
+                Some((
+                    CLOSE_IDLE,
+                    "idle: nothing received within the idle timeout; reconnect and resume",
+                    CLOSE_GRACE,
+                )),
+            ),
+            End::TokenExpired => (
+                CloseReason::token_expired,
+                Some((
+                    CLOSE_TOKEN_EXPIRED,
+                    "token expired: fetch a new token, reconnect and resume from your last serial",
+                    CLOSE_GRACE,
+                )),
+            ),
             End::Protocol => (CloseReason::protocol, None),
             End::Shutdown => (
                 CloseReason::shutdown,
@@ -383,7 +526,18 @@ where
                 code,
                 reason: reason.into(),
             }));
-            let _ = tokio::time::timeout(grace, self.out.sink.send(frame)).await;
+            // The closing handshake: send our Close, then read until the client's Close (or the
+            // grace runs out), so the client sees the code instead of a reset connection.
+            let _ = tokio::time::timeout(grace, async {
+                if self.out.sink.send(frame).await.is_ok() {
+                    while let Some(Ok(msg)) = incoming.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
         }
     }
 }

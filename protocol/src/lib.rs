@@ -18,6 +18,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// WebSocket close code for a connection that sent nothing within the idle timeout. Resumable.
 pub const CLOSE_IDLE: u16 = 4009;
+/// WebSocket close code when the connection's token expired: fetch a new token, reconnect with
+/// it, and resume from the last serial.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// A position in one channel's history: the epoch names the incarnation of the history, the
 /// serial the last message the holder has seen (0 = before the first message).
@@ -64,6 +67,12 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
         reference: Option<String>,
     },
+    /// Replace the connection's token before it expires; answered by `authorized` or `error`.
+    Auth {
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+        reference: Option<String>,
+    },
 }
 
 /// Why a client frame could not be parsed.
@@ -90,10 +99,11 @@ struct AnyClientFrame {
     headers: Option<Box<RawValue>>,
     #[serde(rename = "ref")]
     reference: Option<String>,
+    token: Option<String>,
 }
 
 /// Client frame types, in the order `docs/protocol.md` lists them.
-pub const CLIENT_FRAME_TYPES: [&str; 4] = ["attach", "detach", "publish", "ping"];
+pub const CLIENT_FRAME_TYPES: [&str; 5] = ["attach", "detach", "publish", "ping", "auth"];
 
 impl ClientFrame {
     /// Parse one text frame.
@@ -124,6 +134,7 @@ impl ClientFrame {
                 ("data", f.data.is_some()),
                 ("headers", f.headers.is_some()),
                 ("ref", f.reference.is_some()),
+                ("token", f.token.is_some()),
             ];
             match present.iter().find(|(n, p)| *p && !allowed.contains(n)) {
                 Some((n, _)) => Err(FrameError::Malformed(format!(
@@ -166,6 +177,15 @@ impl ClientFrame {
             "ping" => {
                 extra(&["ref"])?;
                 Ok(ClientFrame::Ping {
+                    reference: f.reference,
+                })
+            }
+            "auth" => {
+                extra(&["token", "ref"])?;
+                Ok(ClientFrame::Auth {
+                    token: f.token.ok_or_else(|| {
+                        FrameError::Malformed("invalid `auth` frame: missing field `token`".into())
+                    })?,
                     reference: f.reference,
                 })
             }
@@ -226,6 +246,14 @@ pub enum ServerFrame {
     Error(ErrorBody),
     /// Sent when the connection has been otherwise quiet for the heartbeat interval.
     Heartbeat {},
+    /// Answer to `auth`: the new token is in force.
+    Authorized {
+        #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+        reference: Option<String>,
+        subject: String,
+        /// When the token expires, in milliseconds since the Unix epoch.
+        expires_at: Option<u64>,
+    },
     /// Answer to `ping`.
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
@@ -273,8 +301,18 @@ pub enum ErrorCode {
     InvalidMessage,
     /// No credentials, or credentials that are wrong.
     Unauthorized,
+    /// The token has expired: fetch a new one and retry (or reconnect) with it.
+    TokenExpired,
     /// Valid credentials that lack the capability for this operation on this channel.
     Forbidden,
+    /// The request's `Origin` is not among the configured allowed origins.
+    OriginNotAllowed,
+    /// Too many connections (in total, or for this token subject or key).
+    TooManyConnections,
+    /// Too many channels attached on this connection.
+    TooManyChannels,
+    /// Publishing faster than the per-connection rate limit allows.
+    RateLimited,
     /// The operation needs the channel attached first.
     NotAttached,
     /// A query parameter is out of range or unparseable.
@@ -295,7 +333,12 @@ impl ErrorCode {
             ErrorCode::InvalidChannel => "invalid_channel",
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManyChannels => "too_many_channels",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotAttached => "not_attached",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::ShuttingDown => "shutting_down",

@@ -150,10 +150,14 @@ impl EmbeddedLog {
                 );
             }
         }
-        let last_ts: i64 =
-            conn.query_row("SELECT COALESCE(MAX(ts), 0) FROM messages", [], |r| {
-                r.get(0)
-            })?;
+        // Timestamps never decrease, so the newest message of each channel holds the latest.
+        let last_ts: i64 = conn.query_row(
+            "SELECT COALESCE(MAX((SELECT ts FROM messages WHERE channel_id = c.id
+                                  ORDER BY serial DESC LIMIT 1)), 0)
+             FROM channels c",
+            [],
+            |r| r.get(0),
+        )?;
         tracing::info!(
             path = %path.display(),
             channels = channels.len(),
@@ -219,7 +223,8 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
              headers TEXT,
              ts INTEGER NOT NULL,
              PRIMARY KEY (channel_id, serial)) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS messages_by_id ON messages (channel_id, msg_id)
+         DROP INDEX IF EXISTS messages_by_id;
+         CREATE INDEX IF NOT EXISTS messages_dedup ON messages (channel_id, msg_id, ts)
              WHERE msg_id IS NOT NULL;
          CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);",
     )?;
@@ -352,8 +357,9 @@ impl Writer {
                     if let Some(id) = &m.id {
                         let found: Option<i64> = tx
                             .prepare_cached(
-                                "SELECT serial FROM messages
-                                 WHERE channel_id = ?1 AND msg_id = ?2 AND ts >= ?3 LIMIT 1",
+                                "SELECT serial FROM messages INDEXED BY messages_dedup
+                                 WHERE channel_id = ?1 AND msg_id IS NOT NULL AND msg_id = ?2
+                                   AND ts >= ?3 LIMIT 1",
                             )?
                             .query_row(
                                 params![

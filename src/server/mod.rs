@@ -15,12 +15,14 @@ use tidings_protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{bearer, Authenticator, Principal};
+use crate::auth::{bearer, AuthError, Authenticator, Principal};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::limits::Admission;
 use crate::log::ChannelLog;
 use crate::metrics::Metrics;
+use crate::token::TokenError;
 
 /// Everything a request handler or a session needs.
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them to close.
     pub sessions: TaskTracker,
+    /// Connection limits.
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {
@@ -53,12 +57,7 @@ impl AppState {
             })?),
             None => access_token,
         };
-        let principal = self.auth.authenticate(credential).map_err(|e| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                format!("{e}; check the key id and secret the server was started with"),
-            )
-        })?;
+        let principal = self.auth.authenticate(credential).map_err(auth_error)?;
         if credential.is_none() && !principal.has_grants() {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -66,6 +65,44 @@ impl AppState {
             ));
         }
         Ok(principal)
+    }
+}
+
+/// The client-facing error for refused credentials.
+pub fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Token(TokenError::Expired) => ApiError::new(
+            ErrorCode::TokenExpired,
+            "the token has expired: fetch a new one and retry with it",
+        ),
+        AuthError::Token(t) => ApiError::new(ErrorCode::Unauthorized, t.to_string()),
+        other => ApiError::new(
+            ErrorCode::Unauthorized,
+            format!("{other}; check the key id and secret the server was started with"),
+        ),
+    }
+}
+
+/// Refuse a browser request whose `Origin` is not allowed. Requests without `Origin` (servers,
+/// native apps) pass: the check protects browsers' ambient credentials, not the API.
+pub fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = &config.cors.allowed_origins;
+    let ok = allowed
+        .iter()
+        .any(|a| a == "*" || a.as_bytes() == origin.as_bytes());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::OriginNotAllowed,
+            format!(
+                "origin {:?} is not allowed; add it to cors.allowed_origins",
+                origin.to_str().unwrap_or("?")
+            ),
+        ))
     }
 }
 
@@ -86,10 +123,33 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connect", get(ws::connect))
         .route("/v1/sse", get(sse::sse))
         .route("/v1/poll", get(poll::poll))
+        .route("/v1/tokens", post(rest::issue_token))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors(&state.config))
         .with_state(state)
+}
+
+/// CORS for REST, SSE and long-poll: only the configured origins (none by default).
+fn cors(config: &Config) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = &config.cors.allowed_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse::<HeaderValue>().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }

@@ -32,6 +32,10 @@ pub(super) async fn poll(
     let _connection = state.metrics.connection(Transport::poll);
     let principal = state.principal(&headers, access_token(&pairs))?;
     let wanted = wanted(&pairs, &headers)?;
+    let _permit = state
+        .admission
+        .admit(&principal.subject)
+        .inspect_err(|e| state.metrics.error(e.code))?;
     let wait = match pairs.iter().find(|(k, _)| k == "wait") {
         None => state.config.session.poll_timeout,
         Some((_, v)) => humantime::parse_duration(v)

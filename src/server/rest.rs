@@ -203,3 +203,54 @@ pub(super) async fn not_found() -> Response {
     )
         .into_response()
 }
+
+/// `POST /v1/tokens`: an API key signs a token for a client, with at most the key's capabilities.
+pub(super) async fn issue_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer)
+        .filter(|c| c.contains(':'))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "issuing tokens needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
+            )
+        })?;
+    let key = state
+        .auth
+        .api_key(credential)
+        .map_err(super::auth_error)?
+        .clone();
+    let body = body.map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedFrame,
+            format!("cannot read the request body: {e}"),
+        )
+    })?;
+    let request: crate::token::TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::MalformedFrame,
+                format!("the body must be {{\"subject\", \"ttl\", \"caps\"}} (all optional): {e}"),
+            )
+        })?
+    };
+    let (token, expires_at) = crate::token::issue(&key, request).map_err(|e| match e {
+        crate::token::IssueError::Escalation { .. } => {
+            ApiError::new(ErrorCode::Forbidden, e.to_string())
+        }
+        crate::token::IssueError::Invalid(m) => ApiError::new(ErrorCode::InvalidRequest, m),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": token, "expires_at": expires_at * 1000 })),
+    )
+        .into_response())
+}

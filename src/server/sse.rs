@@ -125,12 +125,19 @@ pub(super) async fn sse(
 ) -> Result<Response, ApiError> {
     let principal = state.principal(&headers, access_token(&pairs))?;
     let wanted = wanted(&pairs, &headers)?;
+    let permit = state
+        .admission
+        .admit(&principal.subject)
+        .inspect_err(|e| state.metrics.error(e.code))?;
     let (sub, attached) = attach_all(&state, &principal, &wanted)?;
     let keep_alive = state.config.session.heartbeat_interval;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
-    state
-        .sessions
-        .spawn(stream_events(state.clone(), sub, attached, tx));
+    let expires = principal.expires_at;
+    let task_state = state.clone();
+    state.sessions.spawn(async move {
+        let _permit = permit;
+        stream_events(task_state, sub, attached, tx, expires).await
+    });
     let mut response = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
         .into_response();
@@ -147,7 +154,15 @@ async fn stream_events(
     mut sub: Subscription,
     attached: Vec<ServerFrame>,
     tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+    expires: Option<std::time::SystemTime>,
 ) {
+    let expires_in = expires.map(|t| {
+        t.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
+    let expiry =
+        tokio::time::sleep(expires_in.unwrap_or(Duration::from_secs(10 * 365 * 24 * 3600)));
+    tokio::pin!(expiry);
     let _connection = state.metrics.connection(Transport::sse);
     let timeout = state.config.session.send_timeout;
     let mut positions: BTreeMap<ChannelName, (String, u64)> = sub
@@ -198,6 +213,14 @@ async fn stream_events(
                     break CloseReason::shutdown;
                 }
                 _ = tx.closed() => break CloseReason::client,
+                // The stream ends with the token; the client fetches a new one and reconnects
+                // with its last event id.
+                _ = &mut expiry => {
+                    let e = ApiError::new(ErrorCode::TokenExpired, "the token has expired: fetch a new one and reconnect with the last event id");
+                    let body = serde_json::to_string(&ServerFrame::Error(e.body(None))).expect("frames encode");
+                    let _ = send(SseEvent::default().event("error").data(body)).await;
+                    break CloseReason::token_expired;
+                }
                 event = sub.next(SSE_BATCH) => event,
             };
             match event {

@@ -26,7 +26,12 @@ pub(super) async fn connect(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    super::check_origin(&state.config, &headers).inspect_err(|e| state.metrics.error(e.code))?;
     let principal = state.principal(&headers, auth.access_token.as_deref())?;
+    let permit = state
+        .admission
+        .admit(&principal.subject)
+        .inspect_err(|e| state.metrics.error(e.code))?;
     let max_frame = state.config.limits.max_message_bytes * FRAME_LIMIT_FACTOR + FRAME_OVERHEAD;
     let tracker = state.sessions.clone();
     Ok(upgrade
@@ -34,5 +39,7 @@ pub(super) async fn connect(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, state, principal))))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, state, principal, permit))
+        }))
 }

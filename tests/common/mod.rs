@@ -387,6 +387,15 @@ impl SseClient {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
+        Self::from_request(req, url).await
+    }
+
+    /// Open without an Authorization header (credentials in the URL, as browsers do).
+    pub async fn open_anonymous(url: &str) -> SseClient {
+        Self::from_request(reqwest::Client::new().get(url), url).await
+    }
+
+    async fn from_request(req: reqwest::RequestBuilder, url: &str) -> SseClient {
         let response = req.send().await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
         assert_eq!(
