@@ -95,6 +95,16 @@ pub struct ServeArgs {
     /// the outbox `tidings migrate` creates), e.g. postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "TIDINGS_POSTGRES_URL", hide_env_values = true)]
     pub postgres: Option<String>,
+    /// Run a MongoDB connector named "mongodb" on this deployment (a replica set), e.g.
+    /// mongodb://HOST:27017/?replicaSet=rs0; needs --collection and --channel.
+    #[arg(long, env = "TIDINGS_MONGODB_URI", hide_env_values = true)]
+    pub mongodb: Option<String>,
+    /// Collection the --mongodb connector watches, as DB.COLL.
+    #[arg(long, env = "TIDINGS_MONGODB_COLLECTION")]
+    pub collection: Option<String>,
+    /// Channel template of the --mongodb connector, e.g. "store:{fullDocument.storeId}".
+    #[arg(long, env = "TIDINGS_MONGODB_CHANNEL")]
+    pub channel: Option<String>,
 }
 
 /// Flags of `tidings migrate`.
@@ -183,8 +193,50 @@ impl ServeArgs {
                 }
             }
         }
+        self.mongodb_connector(&mut config)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--mongodb URI --collection DB.COLL --channel TEMPLATE`: the connector named "mongodb".
+    fn mongodb_connector(&self, config: &mut Config) -> Result<(), ConfigError> {
+        use crate::connector::{ConnectorConfig, DEFAULT_MONGODB_NAME};
+        use tidings_connector_mongodb::{MongoConfig, MongoUri};
+        let Some(uri) = &self.mongodb else {
+            if self.collection.is_some() || self.channel.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "connectors.mongodb.uri".into(),
+                    problem: "is missing: --collection and --channel belong to --mongodb URI (or TIDINGS_MONGODB_URI)".into(),
+                });
+            }
+            return Ok(());
+        };
+        let uri = MongoUri::new(uri.trim());
+        match config.connectors.get_mut(DEFAULT_MONGODB_NAME) {
+            Some(ConnectorConfig::Mongodb(m)) => {
+                m.uri = uri;
+                if let Some(c) = &self.collection {
+                    m.collection = Some(c.trim().to_owned());
+                }
+                if let Some(t) = &self.channel {
+                    m.channel = Some(t.trim().to_owned());
+                }
+            }
+            _ => {
+                let collection = self.collection.as_deref().map(str::trim).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        field: "connectors.mongodb.collection".into(),
+                        problem: "is missing: pass --collection DB.COLL (or TIDINGS_MONGODB_COLLECTION) with --mongodb".into(),
+                    }
+                })?;
+                let channel = self.channel.as_deref().map(|t| t.trim().to_owned());
+                config.connectors.insert(
+                    DEFAULT_MONGODB_NAME.to_owned(),
+                    ConnectorConfig::Mongodb(MongoConfig::for_collection(uri, collection, channel)),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -294,6 +346,43 @@ mod tests {
         assert_eq!(c.api_keys.len(), 3);
         assert_eq!(c.session.send_timeout, Duration::from_secs(3));
         assert_eq!(c.public_namespaces(), vec!["news".to_string()]);
+    }
+
+    #[test]
+    fn mongodb_flags_make_a_connector() {
+        let c = serve_args(&[
+            "--mongodb",
+            "mongodb://h:27017/?replicaSet=rs0",
+            "--collection",
+            "shop.orders",
+            "--channel",
+            "store:{fullDocument.storeId}",
+        ])
+        .config()
+        .unwrap();
+        match c.connectors.get("mongodb") {
+            Some(crate::connector::ConnectorConfig::Mongodb(m)) => {
+                assert_eq!(m.collection.as_deref(), Some("shop.orders"));
+                assert_eq!(m.channel.as_deref(), Some("store:{fullDocument.storeId}"));
+            }
+            other => panic!("no mongodb connector: {other:?}"),
+        }
+        let err = serve_args(&["--mongodb", "mongodb://h"])
+            .config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("connectors.mongodb.collection"),
+            "{err}"
+        );
+        let err = serve_args(&["--mongodb", "mongodb://h", "--collection", "a.b"])
+            .config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("connectors.mongodb.snapshot"),
+            "{err}"
+        );
+        let err = serve_args(&["--collection", "a.b"]).config().unwrap_err();
+        assert!(err.to_string().contains("connectors.mongodb.uri"), "{err}");
     }
 
     #[test]

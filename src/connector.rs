@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use tidings_connector_mongodb::{MongoConfig, MongoSource};
 use tidings_connector_postgres::{PostgresConfig, PostgresSource};
 use tidings_connectors_core::Source;
 
@@ -16,6 +17,8 @@ use crate::source::{PoisonPolicy, SourceOptions};
 
 /// Name `tidings serve --postgres URL` gives its connector.
 pub const DEFAULT_POSTGRES_NAME: &str = "postgres";
+/// Name `tidings serve --mongodb URI` gives its connector.
+pub const DEFAULT_MONGODB_NAME: &str = "mongodb";
 
 /// One configured connector, by `type`.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +26,8 @@ pub const DEFAULT_POSTGRES_NAME: &str = "postgres";
 pub enum ConnectorConfig {
     /// A Postgres outbox read over logical replication (`connectors/postgres`).
     Postgres(PostgresConfig),
+    /// A MongoDB change stream (`connectors/mongodb`).
+    Mongodb(MongoConfig),
 }
 
 fn invalid(field: String, problem: impl Into<String>) -> ConfigError {
@@ -68,9 +73,29 @@ pub fn validate(connectors: &BTreeMap<String, ConnectorConfig>) -> Result<(), Co
                     .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
                 dead_letter(name, pg.dead_letter.as_deref())?;
             }
+            ConnectorConfig::Mongodb(mongo) => {
+                mongo
+                    .validate()
+                    .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
+                dead_letter(name, mongo.dead_letter.as_deref())?;
+                control_channel(name, mongo.control_channel.as_deref())?;
+            }
         }
     }
     Ok(())
+}
+
+/// The control channel of MongoDB connector `name` (lifecycle events, resync).
+fn control_channel(name: &str, configured: Option<&str>) -> Result<ChannelName, ConfigError> {
+    let text = configured
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("mongodb:{name}"));
+    ChannelName::parse(&text).map_err(|e| {
+        invalid(
+            format!("connectors.{name}.control_channel"),
+            format!("{text:?} is not a valid channel name: {e}"),
+        )
+    })
 }
 
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
@@ -97,6 +122,27 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                             e.problem.problem,
                         )
                     })?;
+                sources.push((
+                    SourceOptions {
+                        name: name.clone(),
+                        poison,
+                        max_message_bytes: config.limits.max_message_bytes,
+                    },
+                    Box::new(source),
+                ));
+            }
+            ConnectorConfig::Mongodb(mongo) => {
+                let dlq = dead_letter(name, mongo.dead_letter.as_deref())?;
+                let control = control_channel(name, mongo.control_channel.as_deref())?;
+                let poison = match mongo.on_poison {
+                    tidings_connector_mongodb::OnPoison::DeadLetter => {
+                        PoisonPolicy::DeadLetter(dlq.clone())
+                    }
+                    tidings_connector_mongodb::OnPoison::Stop => PoisonPolicy::Stop,
+                };
+                let source =
+                    MongoSource::new(name.clone(), mongo.clone(), dlq.as_str(), control.as_str())
+                        .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
                 sources.push((
                     SourceOptions {
                         name: name.clone(),
@@ -140,6 +186,47 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("secret"),
             "the password never prints"
+        );
+    }
+
+    #[test]
+    fn mongodb_connectors_parse_and_validate() {
+        let c = Config::from_toml(
+            r#"
+            [connectors.shop]
+            type = "mongodb"
+            uri = "mongodb://app:secret@db:27017/?replicaSet=rs0"
+            collection = "shop.orders"
+            channel = "store:{fullDocument.storeId}"
+            on_poison = "stop"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let sources = build(&c).unwrap();
+        assert_eq!(sources[0].0.name, "shop");
+        assert_eq!(sources[0].0.poison, PoisonPolicy::Stop);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password never prints"
+        );
+        let field = |toml: &str| match Config::from_toml(toml).map(|c| c.validate()) {
+            Ok(Err(ConfigError::Invalid { field, .. })) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        let base = "[connectors.shop]\ntype = \"mongodb\"\nuri = \"mongodb://h\"\n";
+        assert_eq!(field(base), "connectors.shop.collection");
+        assert_eq!(
+            field(&format!(
+                "{base}collection = \"a.b\"\nchannel = \"x\"\ncontrol_channel = \"a b\"\n"
+            )),
+            "connectors.shop.control_channel"
+        );
+        assert_eq!(
+            field(&format!(
+                "{base}collection = \"a.b\"\npipeline = [1]\nchannel = \"x\"\n"
+            )),
+            "connectors.shop.pipeline[0]"
         );
     }
 

@@ -1,0 +1,650 @@
+//! The MongoDB connector end to end: the real server and binary, the unmodified `mongodb` driver,
+//! and a MongoDB deployment chosen by [`Mongo::start`]: the wire-level test server, or a real
+//! replica set when `TIDINGS_TEST_MONGODB_URI` is set (docker-compose.yml has one). Tests that
+//! inject faults MongoDB cannot be asked for (history truncation, dropped `getMore`s) use the
+//! test server with either setting, through [`Mongo::start_test_server`].
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{history, Process, KEY, WAIT};
+use mongodb::bson::{doc, Bson, Document};
+use serde_json::Value;
+use tidings::config::Config;
+use tidings::connector::{build, ConnectorConfig};
+use tidings::runtime::Server;
+use tidings_connector_mongodb::config::{OnHistoryLost, OnInvalidate, SnapshotMode};
+use tidings_connector_mongodb::{MongoConfig, MongoSource, MongoUri};
+use tidings_connectors_core::{Source, SourcePosition};
+use tidings_mongo_testserver::MongoTestServer;
+
+/// A MongoDB deployment for one test, with a database of its own.
+struct Mongo {
+    test: Option<MongoTestServer>,
+    client: mongodb::Client,
+    uri: String,
+    db: String,
+}
+
+fn unique_db() -> String {
+    format!(
+        "tidings_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
+
+impl Mongo {
+    /// The real replica set at `TIDINGS_TEST_MONGODB_URI`, else the test server.
+    async fn start() -> Mongo {
+        match std::env::var("TIDINGS_TEST_MONGODB_URI") {
+            Ok(uri) if !uri.trim().is_empty() => {
+                let client = mongodb::Client::with_uri_str(uri.trim()).await.unwrap();
+                Mongo {
+                    test: None,
+                    client,
+                    uri: uri.trim().to_owned(),
+                    db: unique_db(),
+                }
+            }
+            _ => Self::start_test_server().await,
+        }
+    }
+
+    /// Always the test server: for faults a real deployment cannot be asked for.
+    async fn start_test_server() -> Mongo {
+        let server = MongoTestServer::start().await.unwrap();
+        let uri = server.uri();
+        let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+        Mongo {
+            test: Some(server),
+            client,
+            uri,
+            db: "shop".into(),
+        }
+    }
+
+    fn ts(&self) -> &MongoTestServer {
+        self.test.as_ref().expect("this test needs the test server")
+    }
+
+    fn ns(&self, coll: &str) -> String {
+        format!("{}.{coll}", self.db)
+    }
+
+    fn coll(&self, coll: &str) -> mongodb::Collection<Document> {
+        self.client.database(&self.db).collection(coll)
+    }
+
+    async fn insert(&self, coll: &str, d: Document) {
+        match &self.test {
+            Some(t) => {
+                t.insert(&self.ns(coll), d);
+            }
+            None => {
+                self.coll(coll).insert_one(d).await.unwrap();
+            }
+        }
+    }
+
+    async fn update(&self, coll: &str, id: impl Into<Bson>, update: Document) {
+        let id = id.into();
+        match &self.test {
+            Some(t) => t.update(&self.ns(coll), id, update),
+            None => {
+                self.coll(coll)
+                    .update_one(doc! {"_id": id}, update)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn delete(&self, coll: &str, id: impl Into<Bson>) {
+        let id = id.into();
+        match &self.test {
+            Some(t) => t.delete(&self.ns(coll), id),
+            None => {
+                self.coll(coll).delete_one(doc! {"_id": id}).await.unwrap();
+            }
+        }
+    }
+
+    /// Insert every document of `docs` into `coll` in one transaction.
+    async fn transaction(&self, coll: &str, docs: Vec<Document>) {
+        match &self.test {
+            Some(t) => {
+                let ns = self.ns(coll);
+                t.transaction(|tx| {
+                    for d in docs {
+                        tx.insert(&ns, d);
+                    }
+                })
+                .unwrap();
+            }
+            None => {
+                let mut s = self.client.start_session().await.unwrap();
+                s.start_transaction().await.unwrap();
+                for d in docs {
+                    self.coll(coll).insert_one(d).session(&mut s).await.unwrap();
+                }
+                s.commit_transaction().await.unwrap();
+            }
+        }
+    }
+
+    /// Record pre-images, so deletes carry the document they removed (real MongoDB needs
+    /// `changeStreamPreAndPostImages` on the collection; the test server always has them).
+    async fn record_pre_images(&self, coll: &str) {
+        if self.test.is_none() {
+            self.client
+                .database(&self.db)
+                .run_command(
+                    doc! {"create": coll, "changeStreamPreAndPostImages": {"enabled": true}},
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn drop_collection(&self, coll: &str) {
+        match &self.test {
+            Some(t) => t.drop_collection(&self.ns(coll)),
+            None => self.coll(coll).drop().await.unwrap(),
+        }
+    }
+
+    /// Connector settings for `coll`, routed by `channel`, snapshot off.
+    fn config(&self, coll: &str, channel: &str) -> MongoConfig {
+        let mut c = MongoConfig::for_collection(
+            MongoUri::new(&self.uri),
+            &self.ns(coll),
+            Some(channel.into()),
+        );
+        c.snapshot = SnapshotMode::Never;
+        c.max_await = Duration::from_millis(100);
+        c
+    }
+}
+
+/// The server in this process with one MongoDB connector named `name`.
+async fn serve(dir: &std::path::Path, name: &str, mongo: MongoConfig) -> Server {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.add_api_key(KEY).unwrap();
+    config
+        .connectors
+        .insert(name.into(), ConnectorConfig::Mongodb(mongo));
+    let sources = build(&config).expect("valid connector");
+    let server = Server::start_with_sources(config, sources)
+        .await
+        .expect("server starts");
+    // Writes before the stream took its position would not be seen: wait for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.log().checkpoint(name).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connector stores its start position"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server
+}
+
+/// The same data directory served without connectors: to read what a stopped connector left.
+async fn reopen(server: Server, dir: &std::path::Path) -> Server {
+    server.shutdown();
+    server.wait().await;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.add_api_key(KEY).unwrap();
+    Server::start(config).await.expect("server starts")
+}
+
+fn base(server: &Server) -> String {
+    format!("http://{}", server.addr())
+}
+
+/// Poll history until `f` accepts it (or fail after the wait).
+async fn wait_for(base: &str, channel: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let items = history(&http, base, channel).await;
+        if f(&items) {
+            return items;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "{channel} never reached the expected state; it holds {} messages: {:?}",
+                items.len(),
+                items.iter().rev().take(3).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How often each `_id` appears among messages named `op` (as relaxed JSON text).
+fn keys(items: &[Value], op: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for m in items.iter().filter(|m| m["name"] == op) {
+        *out.entry(m["data"]["key"]["_id"].to_string()).or_default() += 1;
+    }
+    out
+}
+
+async fn wait_failure(server: &Server) -> String {
+    let failures = server.source_failures();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(f) = failures.lock().first() {
+            return f.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connector did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_sigkill_delivers_every_change_exactly_once() {
+    let mongo = Mongo::start().await;
+    for i in 0..5 {
+        mongo.insert("orders", doc! {"_id": i, "store": "n1"}).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--mongodb",
+        &mongo.uri,
+        "--collection",
+        &mongo.ns("orders"),
+        "--channel",
+        "orders:{fullDocument.store}",
+    ];
+    let mut tidings = Process::start(dir.path(), &args).await;
+    // The snapshot publishes what exists; the stream follows.
+    wait_for(&tidings.http(), "orders:n1", |m| {
+        keys(m, "snapshot").len() == 5
+    })
+    .await;
+    for i in 5..105 {
+        mongo.insert("orders", doc! {"_id": i, "store": "n1"}).await;
+    }
+    wait_for(&tidings.http(), "orders:n1", |m| {
+        keys(m, "insert").len() >= 40
+    })
+    .await;
+    tidings.child.start_kill().unwrap();
+    tidings.child.wait().await.unwrap();
+    // Written while tidings is down.
+    for i in 105..130 {
+        mongo.insert("orders", doc! {"_id": i, "store": "n1"}).await;
+    }
+    let tidings = Process::start(dir.path(), &args).await;
+    let items = wait_for(&tidings.http(), "orders:n1", |m| {
+        keys(m, "insert").len() == 125
+    })
+    .await;
+    let inserts = keys(&items, "insert");
+    assert!(
+        inserts.values().all(|n| *n == 1),
+        "every insert exactly once: {inserts:?}"
+    );
+    assert!(keys(&items, "snapshot").values().all(|n| *n == 1));
+    assert_eq!(items.len(), 130, "no duplicates and nothing else");
+    let serials: Vec<u64> = items
+        .iter()
+        .map(|m| m["serial"].as_u64().unwrap())
+        .collect();
+    assert!(serials.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_resumes_by_itself_after_a_dropped_connection() {
+    let mongo = Mongo::start_test_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        "shop",
+        mongo.config("orders", "orders:{fullDocument.store}"),
+    )
+    .await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
+    mongo.ts().drop_next_get_more();
+    mongo.insert("orders", doc! {"_id": 2, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| m.len() == 2).await;
+    mongo.ts().fail_next_get_more(6, "HostUnreachable", true);
+    mongo.insert("orders", doc! {"_id": 3, "store": "n1"}).await;
+    let items = wait_for(&base(&server), "orders:n1", |m| m.len() == 3).await;
+    assert_eq!(keys(&items, "insert").len(), 3);
+    let opened = mongo.ts().change_streams_opened();
+    assert_eq!(
+        opened.len(),
+        3,
+        "one open and two resumes by the driver: {opened:?}"
+    );
+    assert!(
+        opened[1..].iter().all(|s| s.contains_key("resumeAfter")),
+        "{opened:?}"
+    );
+    assert!(server.source_failures().lock().is_empty());
+}
+
+async fn history_lost_setup(policy: OnHistoryLost) -> (Mongo, tempfile::TempDir, Server) {
+    let mongo = Mongo::start_test_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.on_history_lost = policy;
+    let server = serve(dir.path(), "shop", config.clone()).await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
+    server.shutdown();
+    server.wait().await;
+    // While tidings is down the change falls off the oplog.
+    mongo.insert("orders", doc! {"_id": 2, "store": "n1"}).await;
+    mongo.truncate_and_settle();
+    let server = serve(dir.path(), "shop", config).await;
+    (mongo, dir, server)
+}
+
+impl Mongo {
+    fn truncate_and_settle(&self) {
+        self.ts().truncate_history();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lost_fails_naming_the_position_and_the_cure() {
+    let (_mongo, dir, server) = history_lost_setup(OnHistoryLost::Fail).await;
+    let failure = wait_failure(&server).await;
+    assert!(
+        failure.contains("no longer has the change stream position"),
+        "{failure}"
+    );
+    assert!(failure.contains("_data"), "names the lost token: {failure}");
+    assert!(
+        failure.contains("on_history_lost = \"resnapshot\""),
+        "{failure}"
+    );
+    assert!(failure.contains("286"), "{failure}");
+    // Nothing was skipped silently: insert 2 is not in the log, and no new checkpoint either.
+    let server = reopen(server, dir.path()).await;
+    let http = reqwest::Client::new();
+    assert_eq!(history(&http, &base(&server), "orders:n1").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lost_resnapshot_republishes_after_a_resync() {
+    let (mongo, _dir, server) = history_lost_setup(OnHistoryLost::Resnapshot).await;
+    let items = wait_for(&base(&server), "orders:n1", |m| {
+        m.iter().filter(|x| x["name"] == "snapshot").count() == 2
+    })
+    .await;
+    let names: Vec<&str> = items.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["insert", "resync", "snapshot", "snapshot"]);
+    let control = wait_for(&base(&server), "mongodb:shop", |m| !m.is_empty()).await;
+    assert_eq!(control[0]["name"], "resync");
+    // And the stream goes on from the position taken before the snapshot.
+    mongo.insert("orders", doc! {"_id": 3, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| {
+        m.last()
+            .is_some_and(|x| x["name"] == "insert" && x["data"]["key"]["_id"] == 3)
+    })
+    .await;
+    assert!(server.source_failures().lock().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_is_a_control_message_then_a_stop_or_start_after() {
+    // Policy fail.
+    let mongo = Mongo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        "shop",
+        mongo.config("orders", "orders:{fullDocument.store}"),
+    )
+    .await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
+    mongo.drop_collection("orders").await;
+    assert!(wait_failure(&server).await.contains("invalidated"));
+    // The control messages were appended before the connector stopped.
+    let server = reopen(server, dir.path()).await;
+    let http = reqwest::Client::new();
+    let control = history(&http, &base(&server), "mongodb:shop").await;
+    let names: Vec<&str> = control
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["drop", "invalidate"]);
+    assert_eq!(control[0]["data"]["ns"]["coll"], "orders");
+    server.shutdown();
+    server.wait().await;
+
+    // Policy start_after: the recreated collection's changes keep coming.
+    let mut config = mongo.config("items", "items:{fullDocument.store}");
+    config.on_invalidate = OnInvalidate::StartAfter;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), "items", config).await;
+    mongo.insert("items", doc! {"_id": 1, "store": "n1"}).await;
+    wait_for(&base(&server), "items:n1", |m| m.len() == 1).await;
+    mongo.drop_collection("items").await;
+    wait_for(&base(&server), "mongodb:items", |m| m.len() == 2).await;
+    mongo.insert("items", doc! {"_id": 2, "store": "n1"}).await;
+    wait_for(&base(&server), "items:n1", |m| m.len() == 2).await;
+    assert!(server.source_failures().lock().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_collection_keeps_its_checkpoint_fresh() {
+    let mongo = Mongo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("quiet", "quiet:{fullDocument.store}");
+    config.checkpoint_interval = Duration::from_millis(200);
+    let server = serve(dir.path(), "shop", config).await;
+    let checkpoint = || async { server.log().checkpoint("shop").await.unwrap() };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while checkpoint().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the start position is stored at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = checkpoint().await.unwrap();
+    // Writes elsewhere move the cluster time; the quiet collection's token follows.
+    let mut advanced = None;
+    for i in 0..100 {
+        mongo.insert("busy", doc! {"_id": i}).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = checkpoint().await.unwrap();
+        if now != first {
+            advanced = Some(now);
+            break;
+        }
+    }
+    let advanced = advanced.expect("the checkpoint advanced without any event on the collection");
+    assert!(
+        matches!(advanced, SourcePosition::MongoResumeToken(ref v) if v.get("_data").is_some())
+    );
+    let http = reqwest::Client::new();
+    assert!(history(&http, &base(&server), "quiet:n1").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_changes_go_to_the_dead_letter_with_their_key() {
+    let mongo = Mongo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        "shop",
+        mongo.config("orders", "orders:{fullDocument.store}"),
+    )
+    .await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    mongo.insert("orders", doc! {"_id": 2}).await;
+    mongo
+        .insert("orders", doc! {"_id": 3, "store": "bad value"})
+        .await;
+    mongo.insert("orders", doc! {"_id": 4, "store": "n1"}).await;
+    let ok = wait_for(&base(&server), "orders:n1", |m| m.len() == 2).await;
+    assert_eq!(
+        keys(&ok, "insert").keys().cloned().collect::<Vec<_>>(),
+        vec!["1", "4"]
+    );
+    let dead = wait_for(&base(&server), "dead:shop", |m| m.len() == 2).await;
+    assert_eq!(dead[0]["data"]["key"]["_id"], 2);
+    assert!(
+        dead[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fullDocument.store"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[1]["data"]["key"]["_id"], 3);
+    assert!(
+        server.source_failures().lock().is_empty(),
+        "the stream goes on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_one_batch_even_past_the_batch_limit() {
+    let mongo = Mongo::start().await;
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.max_batch_events = 2;
+    let mut source = MongoSource::new("shop", config, "dead:shop", "mongodb:shop").unwrap();
+    source.start(None).await.unwrap();
+    let first = source.next_batch().await.unwrap();
+    assert!(first.messages.is_empty(), "the start position comes first");
+    mongo.insert("orders", doc! {"_id": 0, "store": "n1"}).await;
+    mongo
+        .transaction(
+            "orders",
+            (1..=5).map(|i| doc! {"_id": i, "store": "n1"}).collect(),
+        )
+        .await;
+    mongo.insert("orders", doc! {"_id": 6, "store": "n1"}).await;
+    let mut batches = Vec::new();
+    let mut seen = 0;
+    while seen < 7 {
+        let b = tokio::time::timeout(WAIT, source.next_batch())
+            .await
+            .unwrap()
+            .unwrap();
+        let ids: Vec<i64> = b
+            .messages
+            .iter()
+            .map(|m| m.data.as_ref().unwrap()["key"]["_id"].as_i64().unwrap())
+            .collect();
+        seen += ids.len();
+        if !ids.is_empty() {
+            batches.push(ids);
+        }
+    }
+    let txn = batches.iter().find(|b| b.contains(&1)).unwrap();
+    for i in 1..=5 {
+        assert!(
+            txn.contains(&i),
+            "the whole transaction in one batch: {batches:?}"
+        );
+    }
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.len() <= 2 || b.iter().filter(|i| (1..=5).contains(*i)).count() == 5),
+        "{batches:?}"
+    );
+    assert!(txn.len() <= 6 || !txn.contains(&0), "{batches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_concurrent_writes_misses_nothing() {
+    let mongo = Mongo::start().await;
+    let n = 1500;
+    mongo.record_pre_images("orders").await;
+    for i in 0..n {
+        mongo
+            .insert("orders", doc! {"_id": i, "store": "n1", "v": 0})
+            .await;
+    }
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.snapshot = SnapshotMode::Initial;
+    config.snapshot_batch_size = 50;
+    // Deletes are routed by the document they removed.
+    config.full_document_before_change =
+        tidings_connector_mongodb::config::BeforeChange::WhenAvailable;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), "shop", config).await;
+    // Write while the snapshot runs: update early and late documents, delete some, add some.
+    let mut expected: BTreeMap<i64, Option<i64>> = (0..n as i64).map(|i| (i, Some(0))).collect();
+    for round in 1..=5i64 {
+        for i in [round, n as i64 - round, n as i64 / 2 + round] {
+            mongo
+                .update("orders", i as i32, doc! {"$set": {"v": round}})
+                .await;
+            expected.insert(i, Some(round));
+        }
+        mongo.delete("orders", (100 + round) as i32).await;
+        expected.insert(100 + round, None);
+        mongo
+            .insert(
+                "orders",
+                doc! {"_id": (n as i64 + round) as i32, "store": "n1", "v": round},
+            )
+            .await;
+        expected.insert(n as i64 + round, Some(round));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = n as i64 + 5;
+    let items = wait_for(&base(&server), "orders:n1", |m| {
+        m.iter()
+            .any(|x| x["name"] == "insert" && x["data"]["key"]["_id"] == last)
+    })
+    .await;
+    // Replay the channel: the latest message per key must be the document's final state.
+    let mut state: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    for m in &items {
+        let id = m["data"]["key"]["_id"].as_i64().unwrap();
+        match m["name"].as_str().unwrap() {
+            "delete" => {
+                state.insert(id, None);
+            }
+            "snapshot" | "insert" | "update" | "replace" => {
+                let doc = &m["data"]["document"];
+                if !doc.is_null() {
+                    state.insert(id, Some(doc["v"].as_i64().unwrap()));
+                }
+            }
+            other => panic!("unexpected message {other}"),
+        }
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| state.get(k).cloned().flatten() != **v)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "final states differ for {} keys, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
