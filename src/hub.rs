@@ -27,8 +27,11 @@ pub struct Live {
     /// Serial of the message before it in the channel (0 if none): a subscriber whose last
     /// delivered serial is below this has missed something and reads the log.
     pub prev: u64,
-    /// The encoded `message` frame.
+    /// The encoded `message` frame (empty for a reset).
     pub frame: Utf8Bytes,
+    /// Set when the channel's history restarted under this new epoch at `serial` (the head):
+    /// subscribers must be told continuity was lost.
+    pub reset: Option<Arc<str>>,
 }
 
 /// The fan-out hub.
@@ -86,11 +89,24 @@ impl AppendObserver for Hub {
                 serial: m.serial,
                 prev,
                 frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
+                reset: None,
             };
             prev = m.serial;
             // An error only means nobody is subscribed any more.
             let _ = tx.send(Arc::new(live));
         }
+    }
+
+    fn reset(&self, channel: &ChannelName, epoch: &Arc<str>, head: u64) {
+        let Some(tx) = self.channels.read().get(channel.as_arc()).cloned() else {
+            return;
+        };
+        let _ = tx.send(Arc::new(Live {
+            serial: head,
+            prev: head,
+            frame: Utf8Bytes::from_static(""),
+            reset: Some(epoch.clone()),
+        }));
     }
 }
 

@@ -213,7 +213,8 @@ async fn retain_forever(
     shutdown: CancellationToken,
 ) {
     let policy = config.retention_policy();
-    let mut tick = tokio::time::interval(config.retention.interval);
+    let every = config.retention.interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -191,6 +191,23 @@ async fn run_once(
             batch = source.next_batch() => batch?,
         };
         let position = batch.position.clone();
+        let resets = source.take_resets();
+        if !resets.is_empty() {
+            let channels = resets
+                .iter()
+                .map(|c| ChannelName::parse(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SourceError::Fatal {
+                    what: format!(
+                        "source {} asked to reset an invalid channel: {e}",
+                        opts.name
+                    ),
+                    fix: "this is a connector bug; report it".into(),
+                })?;
+            log.reset(channels)
+                .await
+                .map_err(|e| transient("cannot reset channel epochs", e))?;
+        }
         let messages = prepare(opts, batch.messages, &position)?;
         log.append(
             messages,

@@ -39,12 +39,41 @@ pub struct Attached {
     pub reason: Option<ContinuityLost>,
 }
 
-/// One delivered message: its channel, serial and encoded `message` frame.
+/// What a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A `message` frame.
+    Message,
+    /// An `attached` frame with `resumed: false, reason: "epoch_changed"`: the channel's
+    /// history restarted while attached; delivery continues in the new epoch.
+    Reattached,
+}
+
+/// One delivery: its channel, serial and encoded frame.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub channel: ChannelName,
     pub serial: u64,
+    pub kind: Kind,
     pub frame: Utf8Bytes,
+}
+
+impl Delivery {
+    fn reattached(channel: &ChannelName, epoch: &str, serial: u64) -> Delivery {
+        let frame = tidings_protocol::ServerFrame::Attached {
+            channel: channel.to_string(),
+            epoch: epoch.to_owned(),
+            serial,
+            resumed: false,
+            reason: Some(ContinuityLost::EpochChanged),
+        };
+        Delivery {
+            channel: channel.clone(),
+            serial,
+            kind: Kind::Reattached,
+            frame: Utf8Bytes::from(serde_json::to_string(&frame).expect("frames encode")),
+        }
+    }
 }
 
 /// What [`Subscription::next`] produced.
@@ -208,12 +237,20 @@ impl Subscription {
             return;
         };
         match item {
+            Ok(live) if live.reset.is_some() => {
+                let epoch = live.reset.clone().expect("checked");
+                att.epoch = epoch.clone();
+                att.last = live.serial;
+                self.behind.retain(|k| *k != key);
+                out.push(Delivery::reattached(&att.channel, &epoch, live.serial));
+            }
             Ok(live) if live.serial <= att.last => {}
             Ok(live) if live.prev <= att.last && !self.behind.contains(&key) => {
                 att.last = live.serial;
                 out.push(Delivery {
                     channel: att.channel.clone(),
                     serial: live.serial,
+                    kind: Kind::Message,
                     frame: live.frame.clone(),
                 });
             }
@@ -241,6 +278,20 @@ impl Subscription {
                 return Err(ApiError::from_log(&e).on(channel.as_str()));
             }
         };
+        if *page.state.epoch != *self.attachments[key].epoch {
+            // The history restarted while this client was behind: never bridge two histories
+            // silently. Say so, and continue in the new epoch from its start.
+            let restart = page.state.trimmed;
+            if let Some(att) = self.attachments.get_mut(key) {
+                att.epoch = page.state.epoch.clone();
+                att.last = restart;
+            }
+            return Ok(Some(vec![Delivery::reattached(
+                &channel,
+                &page.state.epoch,
+                restart,
+            )]));
+        }
         let caught_up = page.messages.len() < CATCH_UP_PAGE;
         let batch: Vec<Delivery> = page
             .messages
@@ -249,6 +300,7 @@ impl Subscription {
             .map(|m| Delivery {
                 channel: channel.clone(),
                 serial: m.serial,
+                kind: Kind::Message,
                 frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
             })
             .collect();

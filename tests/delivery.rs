@@ -195,6 +195,8 @@ async fn rewind_replays_the_last_messages() {
 async fn continuity_lost_is_said_never_silent() {
     let t = TestServer::start_with(|c| {
         c.namespaces.entry("short".into()).or_default().max_messages = Some(5);
+        // The test applies retention itself, at a known moment.
+        c.retention.interval = std::time::Duration::from_secs(3600);
     })
     .await;
     let http = reqwest::Client::new();
@@ -345,4 +347,56 @@ async fn history_pages_follow_next() {
     assert!(page["epoch"].as_str().unwrap().len() >= 8);
     let all = history(&http, &t.http(), "h").await;
     assert_eq!(serials(&all), (1..=25).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_reset_is_announced_to_attached_and_resuming_clients() {
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let ch = tidings::channel::ChannelName::parse("inv:1").unwrap();
+    publish(&http, &t.http(), "inv:1", json!([{"data": 1}, {"data": 2}])).await;
+    let mut c = Client::connect(&t.ws_url(), Some(KEY)).await;
+    let old = c.attach("inv:1", json!({"rewind": 10})).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(serials(&c.messages(2).await), vec![1, 2]);
+
+    // The source lost its history and re-snapshots: the channel restarts under a new epoch.
+    t.server.log().reset(vec![ch.clone()]).await.unwrap();
+    let v = c.recv().await;
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["resumed"].as_bool(),
+            v["reason"].as_str()
+        ),
+        (Some("attached"), Some(false), Some("epoch_changed")),
+        "{v}"
+    );
+    let new = v["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(v["serial"], 2, "serials keep increasing across epochs");
+    publish(&http, &t.http(), "inv:1", json!({"data": "snapshot"})).await;
+    let m = c.messages(1).await;
+    assert_eq!(
+        (m[0]["serial"].as_u64(), m[0]["data"].as_str()),
+        (Some(3), Some("snapshot"))
+    );
+
+    // A client coming back with the old epoch is told, not resumed into the new history.
+    let mut back = Client::connect(&t.ws_url(), Some(KEY)).await;
+    let a = back
+        .attach("inv:1", json!({"from": {"epoch": old, "serial": 2}}))
+        .await;
+    assert_eq!(
+        (a["resumed"].as_bool(), a["reason"].as_str()),
+        (Some(false), Some("epoch_changed"))
+    );
+    // With the new epoch it resumes normally.
+    let a = back
+        .attach("inv:1", json!({"from": {"epoch": new, "serial": 2}}))
+        .await;
+    assert_eq!(a["resumed"], true);
+    assert_eq!(serials(&back.messages(1).await), vec![3]);
 }

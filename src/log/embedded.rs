@@ -79,6 +79,10 @@ enum Request {
         policy: RetentionPolicy,
         reply: oneshot::Sender<Result<RetentionReport, LogError>>,
     },
+    Reset {
+        channels: Vec<ChannelName>,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 /// The default [`ChannelLog`]: SQLite on local disk.
@@ -279,6 +283,7 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             let mut appends = Vec::new();
             let mut retains = Vec::new();
+            let mut resets = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(req) = next.take() {
@@ -292,10 +297,16 @@ impl Writer {
                         appends.push((messages, checkpoint, reply));
                     }
                     Request::Retain { policy, reply } => retains.push((policy, reply)),
+                    Request::Reset { channels, reply } => resets.push((channels, reply)),
                 }
                 if count < MAX_GROUP_MESSAGES {
                     next = rx.try_recv().ok();
                 }
+            }
+            // Resets queued before appends in this group go first: a source asks for the reset
+            // before it appends the batch that starts the new history.
+            for (channels, reply) in resets {
+                let _ = reply.send(self.reset(&channels));
             }
             if !appends.is_empty() {
                 self.commit_group(appends);
@@ -467,6 +478,55 @@ impl Writer {
                 }
             }
         }
+    }
+
+    fn reset(&mut self, channels: &[ChannelName]) -> Result<(), LogError> {
+        let mut done = Vec::new();
+        let tx = self.conn.transaction()?;
+        for channel in channels {
+            let epoch: Arc<str> = Arc::from(new_epoch());
+            let existing = self.shared.channels.read().get(channel.as_arc()).cloned();
+            let meta = match existing {
+                Some(mut meta) => {
+                    tx.execute(
+                        "DELETE FROM messages WHERE channel_id = ?1",
+                        params![meta.id],
+                    )?;
+                    tx.execute(
+                        "UPDATE channels SET epoch = ?1, trimmed = head WHERE id = ?2",
+                        params![&*epoch, meta.id],
+                    )?;
+                    meta.epoch = epoch.clone();
+                    meta.trimmed = meta.head;
+                    meta
+                }
+                None => {
+                    let id: i64 = tx.query_row(
+                        "INSERT INTO channels (name, epoch, head) VALUES (?1, ?2, 0) RETURNING id",
+                        params![channel.as_str(), &*epoch],
+                        |r| r.get(0),
+                    )?;
+                    ChannelMeta {
+                        id,
+                        epoch: epoch.clone(),
+                        head: 0,
+                        trimmed: 0,
+                    }
+                }
+            };
+            done.push((channel.clone(), meta));
+        }
+        tx.commit()?;
+        let mut map = self.shared.channels.write();
+        for (channel, meta) in &done {
+            map.insert(channel.as_arc().clone(), meta.clone());
+        }
+        drop(map);
+        for (channel, meta) in &done {
+            tracing::warn!(channel = %channel, epoch = %meta.epoch, head = meta.head, "channel history reset: new epoch");
+            self.observer.reset(channel, &meta.epoch, meta.head);
+        }
+        Ok(())
     }
 
     fn retain(&mut self, policy: &RetentionPolicy) -> Result<RetentionReport, LogError> {
@@ -647,6 +707,18 @@ impl ChannelLog for EmbeddedLog {
         Ok(ReadPage { state, messages })
     }
 
+    async fn reset(&self, channels: Vec<ChannelName>) -> Result<(), LogError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .send(Request::Reset { channels, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
     async fn checkpoint(&self, source: &str) -> Result<Option<SourcePosition>, LogError> {
         let readers = self.readers.clone();
         let source = source.to_owned();
@@ -706,6 +778,12 @@ mod tests {
                 prev,
                 messages.iter().map(|m| m.serial).collect(),
             ));
+        }
+
+        fn reset(&self, channel: &ChannelName, _epoch: &Arc<str>, head: u64) {
+            self.0
+                .lock()
+                .push((format!("reset {channel}"), head, Vec::new()));
         }
     }
 
@@ -910,6 +988,41 @@ mod tests {
         assert_eq!(page.state.trimmed, 7);
         let long = ChannelName::parse("long:1").unwrap();
         assert_eq!(log.read(&long, 0, 100).await.unwrap().messages.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn reset_gives_a_new_epoch_and_keeps_serials_increasing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, rec) = open(dir.path());
+        let a = ChannelName::parse("a").unwrap();
+        log.append(vec![msg("a", None, "1"), msg("a", None, "2")], None)
+            .await
+            .unwrap();
+        let before = log.state(&a);
+        log.reset(vec![a.clone(), ChannelName::parse("fresh").unwrap()])
+            .await
+            .unwrap();
+        let after = log.state(&a);
+        assert_ne!(after.epoch, before.epoch);
+        assert_eq!((after.head, after.trimmed), (2, 2));
+        assert!(
+            log.read(&a, 0, 10).await.unwrap().messages.is_empty(),
+            "the old history is gone"
+        );
+        assert_eq!(
+            log.append(vec![msg("a", None, "3")], None).await.unwrap()[0].serial,
+            3
+        );
+        assert!(rec
+            .0
+            .lock()
+            .iter()
+            .any(|(c, head, _)| c == "reset a" && *head == 2));
+        // The new epoch survives a restart.
+        log.close().await;
+        drop(log);
+        let (log, _) = open(dir.path());
+        assert_eq!(log.state(&a).epoch, after.epoch);
     }
 
     #[tokio::test]

@@ -102,6 +102,10 @@ pub trait AppendObserver: Send + Sync {
     /// `messages` were appended to `channel` (ascending serials); `prev` is the serial of the
     /// message before the first of them (0 if none).
     fn appended(&self, channel: &ChannelName, prev: u64, messages: &[StoredMessage]);
+
+    /// `channel`'s history restarted under `epoch`; its head stays `head` (serials keep
+    /// increasing across epochs) and nothing before it can be resumed.
+    fn reset(&self, channel: &ChannelName, epoch: &Arc<str>, head: u64);
 }
 
 /// Errors of the log. None of them means an acknowledged message was lost.
@@ -156,6 +160,10 @@ pub trait ChannelLog: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<ReadPage, LogError>;
+
+    /// Give each channel a new epoch: its history restarts at its current head, older messages
+    /// are removed, and subscribers are told (through the observer) that continuity was lost.
+    async fn reset(&self, channels: Vec<ChannelName>) -> Result<(), LogError>;
 
     /// The last checkpoint stored for `source`.
     async fn checkpoint(&self, source: &str) -> Result<Option<SourcePosition>, LogError>;

@@ -17,7 +17,7 @@ use super::sse::{access_token, attach_all, wanted};
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::Transport;
-use crate::subscription::{format_positions, Event};
+use crate::subscription::{format_positions, Event, Kind};
 
 /// Messages per answer (soft: a catch-up page is never split).
 const POLL_MAX: usize = 1000;
@@ -50,6 +50,7 @@ pub(super) async fn poll(
     };
     let (mut sub, attached) = attach_all(&state, &principal, &wanted)?;
     let mut frames = Vec::new();
+    let mut reattached = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     // Wait for the first messages (at once if the log has some after the positions).
     let first = tokio::select! {
@@ -61,7 +62,15 @@ pub(super) async fn poll(
     let mut next_event = first;
     while let Some(event) = next_event.take() {
         match event {
-            Event::Messages(batch) => frames.extend(batch.into_iter().map(|d| d.frame)),
+            Event::Messages(batch) => {
+                for d in batch {
+                    match d.kind {
+                        Kind::Message => frames.push(d.frame),
+                        // A restarted history goes with the attach results the client checks.
+                        Kind::Reattached => reattached.push(d.frame),
+                    }
+                }
+            }
             Event::Failed(e) => return Err(e),
         }
         if frames.len() >= POLL_MAX {
@@ -77,7 +86,14 @@ pub(super) async fn poll(
     state.metrics.messages_delivered.inc_by(frames.len() as u64);
     let mut body = String::with_capacity(256 + frames.iter().map(|f| f.len() + 1).sum::<usize>());
     body.push_str(r#"{"attached":"#);
-    body.push_str(&serde_json::to_string(&attached).expect("frames encode"));
+    let mut all_attached: Vec<String> = attached
+        .iter()
+        .map(|f| serde_json::to_string(f).expect("frames encode"))
+        .collect();
+    all_attached.extend(reattached.iter().map(|f| f.as_str().to_owned()));
+    body.push('[');
+    body.push_str(&all_attached.join(","));
+    body.push(']');
     body.push_str(r#","messages":["#);
     for (i, f) in frames.iter().enumerate() {
         if i > 0 {

@@ -23,7 +23,7 @@ use crate::channel::ChannelName;
 use crate::error::ApiError;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish;
-use crate::subscription::{format_positions, parse_positions, Event, Subscription};
+use crate::subscription::{format_positions, parse_positions, Event, Kind, Subscription};
 
 /// Live messages taken per wake-up.
 const SSE_BATCH: usize = 256;
@@ -228,11 +228,22 @@ async fn stream_events(
                     let n = batch.len() as u64;
                     let mut failed = None;
                     for d in batch {
+                        let event_name = match d.kind {
+                            Kind::Message => "message",
+                            Kind::Reattached => "attached",
+                        };
                         if let Some(p) = positions.get_mut(&d.channel) {
+                            if d.kind == Kind::Reattached {
+                                if let Ok(ServerFrame::Attached { epoch, .. }) =
+                                    serde_json::from_str::<ServerFrame>(d.frame.as_str())
+                                {
+                                    p.0 = epoch;
+                                }
+                            }
                             p.1 = d.serial;
                         }
                         let ev = SseEvent::default()
-                            .event("message")
+                            .event(event_name)
                             .id(id(&positions))
                             .data(d.frame.as_str());
                         if let Err(r) = send(ev).await {

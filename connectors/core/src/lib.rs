@@ -87,6 +87,15 @@ pub trait Source: Send {
     async fn next_batch(&mut self) -> Result<Batch, SourceError>;
     /// `position` and everything before it is durable in the log.
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError>;
+
+    /// Channels whose history restarts with the batch just returned by
+    /// [`Source::next_batch`] (source history lost and re-snapshotted, a dropped replication
+    /// slot recreated). The server gives each a new epoch before appending the batch, so
+    /// clients holding the old history are told continuity was lost instead of being resumed
+    /// into a different one. Called once after each batch; the default is none.
+    fn take_resets(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
