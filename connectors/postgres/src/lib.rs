@@ -21,5 +21,5 @@ pub mod source;
 pub mod tls;
 
 pub use config::{ConnectionUrl, OnPoison, PostgresConfig};
-pub use migrate::{migrate, MigrateError, Report as MigrateReport};
+pub use migrate::{migrate, MigrateError, Report as MigrateReport, SlotOutcome};
 pub use source::{BuildError, PostgresSource};

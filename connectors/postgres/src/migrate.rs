@@ -47,10 +47,26 @@ pub struct Report {
     pub applied: Vec<i32>,
     /// The newest version now in the database.
     pub current: i32,
+    /// What happened to the replication slot.
+    pub slot: SlotOutcome,
 }
 
-/// Apply every migration the database lacks.
-pub async fn migrate(url: &str) -> Result<Report, MigrateError> {
+/// The replication slot after a migration run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// Created now: outbox rows committed from now on will be streamed.
+    Created { name: String, lsn: String },
+    /// It was there already.
+    Existed { name: String },
+    /// Not created (no slot asked for, or the server refused); the connector creates it at
+    /// its first start, and rows committed before then are not streamed.
+    NotCreated { reason: String },
+}
+
+/// Apply every migration the database lacks, then create the replication slot `slot` (when
+/// given) so that every outbox row committed from now on is streamed, even the ones written
+/// before Tidings first starts.
+pub async fn migrate(url: &str, slot: Option<&str>) -> Result<Report, MigrateError> {
     let settings = Settings::parse(url)?;
     let mut client = settings
         .connect_sql()
@@ -68,10 +84,63 @@ pub async fn migrate(url: &str) -> Result<Report, MigrateError> {
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
-    result
+    let (applied, current) = result?;
+    let slot = match slot {
+        None => SlotOutcome::NotCreated {
+            reason: "no slot name given".into(),
+        },
+        Some(name) => create_slot(&client, name).await,
+    };
+    Ok(Report {
+        applied,
+        current,
+        slot,
+    })
 }
 
-async fn apply_all(client: &mut tokio_postgres::Client) -> Result<Report, MigrateError> {
+async fn create_slot(client: &tokio_postgres::Client, name: &str) -> SlotOutcome {
+    if !crate::config::valid_identifier(name) {
+        return SlotOutcome::NotCreated {
+            reason: format!("{name:?} is not a valid slot name"),
+        };
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await;
+    match exists {
+        Ok(Some(_)) => {
+            return SlotOutcome::Existed {
+                name: name.to_owned(),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return SlotOutcome::NotCreated {
+                reason: describe(&e),
+            }
+        }
+    }
+    match client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&name],
+        )
+        .await
+    {
+        Ok(row) => SlotOutcome::Created {
+            name: name.to_owned(),
+            lsn: row.get(0),
+        },
+        Err(e) => SlotOutcome::NotCreated {
+            reason: describe(&e),
+        },
+    }
+}
+
+async fn apply_all(client: &mut tokio_postgres::Client) -> Result<(Vec<i32>, i32), MigrateError> {
     let book = |e: tokio_postgres::Error| MigrateError::Bookkeeping(describe(&e));
     client
         .batch_execute(
@@ -116,5 +185,5 @@ async fn apply_all(client: &mut tokio_postgres::Client) -> Result<Report, Migrat
         .copied()
         .max()
         .unwrap_or(0);
-    Ok(Report { applied, current })
+    Ok((applied, current))
 }

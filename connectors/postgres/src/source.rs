@@ -228,6 +228,7 @@ impl PostgresSource {
     }
 
     fn hand_out(&mut self, messages: Vec<Publish>, rows: Vec<i64>, position: Lsn) -> Batch {
+        tracing::debug!(source = %self.name, messages = messages.len(), position = %format_lsn(position), "batch handed out");
         self.handed = Some(position);
         self.handed_rows = rows;
         Batch {

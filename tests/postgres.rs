@@ -1,0 +1,633 @@
+//! The Postgres outbox connector against a real Postgres cluster (started from the system's
+//! binaries by `support::Cluster`): commit order, exactly once across crashes, restarts and a
+//! killed walsender, slot loss, poison rows, idle WAL, and a large transaction.
+
+mod common;
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::{history, KEY};
+use serde_json::Value;
+use support::{Cluster, Tidings};
+use tidings::config::Config;
+use tidings::connector::ConnectorConfig;
+use tidings::runtime::Server;
+use tidings_connector_postgres::{ConnectionUrl, PostgresConfig};
+
+/// How long a test waits for the stream to catch up.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// A server in this process with one Postgres connector named `pg`.
+struct InProcess {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(cluster: &Cluster, adjust: impl FnOnce(&mut PostgresConfig)) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.add_api_key(KEY).unwrap();
+        let mut pg = PostgresConfig::with_defaults(ConnectionUrl::new(cluster.url()));
+        pg.status_interval = Duration::from_millis(500);
+        pg.cleanup_interval = Duration::from_millis(10);
+        adjust(&mut pg);
+        config
+            .connectors
+            .insert("pg".into(), ConnectorConfig::Postgres(pg));
+        let sources = tidings::connector::build(&config).unwrap();
+        let server = Server::start_with_sources(config, sources).await.unwrap();
+        InProcess { server, _dir: dir }
+    }
+
+    fn http(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+}
+
+/// Wait until `channel` holds `n` messages, then make sure no more arrive; returns them.
+async fn expect_messages(base: &str, channel: &str, n: usize) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    // Reading back a long history takes time of its own: a millisecond per message more.
+    let limit = CATCH_UP + Duration::from_millis(n as u64);
+    let deadline = Instant::now() + limit;
+    loop {
+        let items = history(&http, base, channel).await;
+        if items.len() >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: {} of {n} messages after {limit:?}",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give duplicates, if any, the chance to show.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let items = history(&http, base, channel).await;
+    assert_eq!(
+        items.len(),
+        n,
+        "{channel}: more messages than rows committed"
+    );
+    items
+}
+
+/// The commit LSN a derived message id names (`pg:<lsn>:<index>`).
+fn commit_lsn_of(id: &str) -> (u64, u64) {
+    let mut parts = id.split(':');
+    assert_eq!(parts.next(), Some("pg"), "{id}");
+    let lsn = tidings_connector_postgres::pgoutput::parse_lsn(parts.next().unwrap()).unwrap();
+    (lsn, parts.next().unwrap().parse().unwrap())
+}
+
+/// Every `(txn, k)` exactly once, transactions in order, rows of one transaction together.
+fn assert_exactly_once_in_order(items: &[Value], txns: u64, rows_per_txn: u64) {
+    let got: Vec<(u64, u64)> = items
+        .iter()
+        .map(|m| {
+            (
+                m["data"]["txn"].as_u64().unwrap(),
+                m["data"]["k"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64)> = (0..txns)
+        .flat_map(|t| (0..rows_per_txn).map(move |k| (t, k)))
+        .collect();
+    if got != expected {
+        let mut seen = HashMap::new();
+        for g in &got {
+            *seen.entry(*g).or_insert(0) += 1;
+        }
+        let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|e| !seen.contains_key(e))
+            .take(5)
+            .collect();
+        panic!(
+            "not exactly once in commit order: {} messages for {} rows; duplicated {dups:?}; missing {missing:?}",
+            got.len(),
+            expected.len()
+        );
+    }
+}
+
+/// Commit `txns` transactions of `rows` outbox rows each on `channel`, one after another,
+/// from `first` on. Retries a transaction that failed to commit because the server went away
+/// (it was not committed, so it is not a duplicate).
+async fn write_txns(cluster_url: &str, channel: &str, first: u64, txns: u64, rows: u64) {
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(cluster_url, tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(c)
+    };
+    let mut client = None;
+    let mut txn = first;
+    while txn < first + txns {
+        if client.is_none() {
+            client = connect().await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let c: &mut tokio_postgres::Client = client.as_mut().unwrap();
+        let result = async {
+            let tx = c.transaction().await?;
+            for k in 0..rows {
+                tx.execute(
+                    "INSERT INTO tidings.outbox (channel, name, data) VALUES ($1, 'row', jsonb_build_object('txn', $2::bigint, 'k', $3::bigint))",
+                    &[&channel, &(txn as i64), &(k as i64)],
+                )
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => txn += 1,
+            Err(_) => {
+                client = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn channel_order_follows_commit_order_across_interleaved_transactions() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |_| {}).await;
+
+    // Two transactions, interleaved: A inserts first, B commits first.
+    let mut a = pg.sql().await;
+    let mut b = pg.sql().await;
+    let ta = a.transaction().await.unwrap();
+    let tb = b.transaction().await.unwrap();
+    let ins = "INSERT INTO tidings.outbox (channel, name, data) VALUES ('orders:1', $1, '{}')";
+    ta.execute(ins, &[&"a0"]).await.unwrap();
+    tb.execute(ins, &[&"b0"]).await.unwrap();
+    ta.execute(ins, &[&"a1"]).await.unwrap();
+    tb.execute(ins, &[&"b1"]).await.unwrap();
+    tb.commit().await.unwrap();
+    ta.commit().await.unwrap();
+    let items = expect_messages(&t.http(), "orders:1", 4).await;
+    let names: Vec<&str> = items.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["b0", "b1", "a0", "a1"],
+        "commit order, not insert order"
+    );
+
+    // Many concurrent writers with interleaved transactions of three rows each.
+    let (tasks, txns, rows) = (6u64, 40u64, 3u64);
+    let mut writers = Vec::new();
+    for task in 0..tasks {
+        let url = pg.url();
+        writers.push(tokio::spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for txn in 0..txns {
+                let tx = c.transaction().await.unwrap();
+                for k in 0..rows {
+                    tx.execute(
+                        "INSERT INTO tidings.outbox (channel, data) VALUES ('orders:2', jsonb_build_object('task', $1::bigint, 'txn', $2::bigint, 'k', $3::bigint))",
+                        &[&(task as i64), &(txn as i64), &(k as i64)],
+                    )
+                    .await
+                    .unwrap();
+                    tokio::time::sleep(Duration::from_millis((task + k) % 3)).await;
+                }
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let items = expect_messages(&t.http(), "orders:2", (tasks * txns * rows) as usize).await;
+    let mut last_txn_of_task: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut last_commit = 0u64;
+    let mut i = 0;
+    while i < items.len() {
+        // A transaction's rows are contiguous, in insert order, under one commit LSN.
+        let first = &items[i]["data"];
+        let (task, txn) = (
+            first["task"].as_u64().unwrap(),
+            first["txn"].as_u64().unwrap(),
+        );
+        let (commit, _) = commit_lsn_of(items[i]["id"].as_str().unwrap());
+        assert!(
+            commit > last_commit,
+            "commit LSNs increase along the channel"
+        );
+        last_commit = commit;
+        for k in 0..rows {
+            let m = &items[i + k as usize];
+            assert_eq!(
+                (
+                    m["data"]["task"].as_u64(),
+                    m["data"]["txn"].as_u64(),
+                    m["data"]["k"].as_u64()
+                ),
+                (Some(task), Some(txn), Some(k)),
+                "rows of one transaction stay together and in order"
+            );
+            assert_eq!(commit_lsn_of(m["id"].as_str().unwrap()), (commit, k));
+        }
+        let last = last_txn_of_task.entry(task).or_insert(-1);
+        assert_eq!(
+            *last + 1,
+            txn as i64,
+            "each writer's transactions in its order"
+        );
+        *last = txn as i64;
+        i += rows as usize;
+    }
+    assert!(last_txn_of_task.values().all(|t| *t == txns as i64 - 1));
+
+    // Published rows are deleted once durable.
+    let c = pg.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM tidings.outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} published rows were not cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_then_restart_delivers_every_row_exactly_once() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let mut tidings = Tidings::serve(data.path(), &["--postgres", &url]).await;
+    let (txns, rows) = (1500u64, 2u64);
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move { write_txns(&url, "kill:1", 0, txns, rows).await }
+    });
+    // Kill it while rows are streaming in.
+    let http = reqwest::Client::new();
+    let base = tidings.http();
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let n = history(&http, &base, "kill:1").await.len();
+        if n >= 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n} messages arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tidings.kill9().await;
+    writer.await.unwrap();
+    let tidings = Tidings::serve(data.path(), &["--postgres", &url]).await;
+    let items = expect_messages(&tidings.http(), "kill:1", (txns * rows) as usize).await;
+    assert_exactly_once_in_order(&items, txns, rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn walsender_terminated_reconnects_and_resumes_without_loss_or_duplicates() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |_| {}).await;
+    let url = pg.url();
+    let (txns, rows) = (600u64, 3u64);
+    let writer = tokio::spawn(async move { write_txns(&url, "term:1", 0, txns, rows).await });
+    let admin = pg.sql().await;
+    let mut terminated = 0;
+    let deadline = Instant::now() + CATCH_UP;
+    while terminated < 3 {
+        assert!(Instant::now() < deadline, "the walsender never came back");
+        let killed: Option<bool> = admin
+            .query_one(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'tidings' AND active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        if killed == Some(true) {
+            terminated += 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    writer.await.unwrap();
+    let items = expect_messages(&t.http(), "term:1", (txns * rows) as usize).await;
+    assert_exactly_once_in_order(&items, txns, rows);
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_resumes_without_loss_or_duplicates() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |_| {}).await;
+    let url = pg.url();
+    write_txns(&url, "restart:1", 0, 100, 2).await;
+    expect_messages(&t.http(), "restart:1", 200).await;
+    // Restart while a writer keeps committing: some of its commits land before the restart,
+    // the rest after, and the stream must pick up every one of them once.
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move { write_txns(&url, "restart:1", 100, 300, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pg.restart();
+    writer.await.unwrap();
+    let items = expect_messages(&t.http(), "restart:1", 800).await;
+    assert_exactly_once_in_order(&items, 400, 2);
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let mut tidings = Tidings::serve(data.path(), &["--postgres", &url]).await;
+    write_txns(&url, "slot:1", 0, 3, 1).await;
+    expect_messages(&tidings.http(), "slot:1", 3).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &tidings.pid().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), tidings.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a clean shutdown");
+
+    let admin = pg.sql().await;
+    admin
+        .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+        .await
+        .unwrap();
+    write_txns(&url, "slot:1", 3, 2, 1).await;
+
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &url]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success(), "a lost slot is a failure");
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("does not exist"), "{lines}");
+    assert!(lines.contains("can no longer be streamed"), "{lines}");
+    assert!(
+        lines.contains("pg_create_logical_replication_slot('tidings', 'pgoutput')"),
+        "{lines}"
+    );
+    // It did not quietly create a new slot and carry on.
+    let slots: i64 = admin
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_wal_level_and_missing_replication_role_refuse_to_start_with_the_fix() {
+    let pg = Cluster::start_with("wal_level = replica");
+    pg.migrate_without_slot().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &pg.url()]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success());
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("wal_level is \\\"replica\\\""), "{lines}");
+    assert!(
+        lines.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{lines}"
+    );
+
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let admin = pg.sql().await;
+    admin
+        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'app-password'")
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://app:app-password@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port
+    );
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &url]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success());
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("may not start replication"), "{lines}");
+    assert!(
+        lines.contains("ALTER ROLE \\\"app\\\" REPLICATION"),
+        "{lines}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_rows_go_to_the_dead_letter_channel_and_the_stream_goes_on() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |_| {}).await;
+    let c = pg.sql().await;
+    let big = "x".repeat(70 * 1024);
+    c.execute(
+        "INSERT INTO tidings.outbox (channel, name, data) VALUES ('ok:1', 'before', '1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO tidings.outbox (channel, name, data) VALUES ('has space', 'bad-channel', '2')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO tidings.outbox (channel, name, data) VALUES ('ok:1', 'too-big', to_jsonb($1::text))",
+        &[&big],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, 'tidings', '{\"data\": 1}');
+         SELECT pg_logical_emit_message(true, 'tidings', 'not json');
+         SELECT pg_logical_emit_message(true, 'tidings', '{\"channel\": \"ok:1\", \"name\": \"emitted\", \"data\": {\"via\": \"message\"}}');
+         SELECT pg_logical_emit_message(true, 'someone-else', '{\"channel\": \"ok:1\"}');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO tidings.outbox (channel, name, data) VALUES ('ok:1', 'after', '3')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let ok = expect_messages(&t.http(), "ok:1", 3).await;
+    let names: Vec<&str> = ok.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["before", "emitted", "after"]);
+    assert_eq!(ok[1]["data"]["via"], "message");
+    let dead = expect_messages(&t.http(), "dead:pg", 4).await;
+    let errors: Vec<String> = dead
+        .iter()
+        .map(|m| m["data"]["error"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(errors[0].contains("invalid channel"), "{errors:?}");
+    assert!(errors[1].contains("bytes; the limit is"), "{errors:?}");
+    assert!(errors[2].contains("no `channel`"), "{errors:?}");
+    assert!(errors[3].contains("not a JSON object"), "{errors:?}");
+    assert!(dead.iter().all(|m| m["name"] == "dead_letter"));
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_outbox_on_a_busy_database_still_advances_confirmed_flush() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |_| {}).await;
+    let c = pg.sql().await;
+    c.batch_execute("CREATE TABLE other (x int)").await.unwrap();
+    write_txns(&pg.url(), "idle:1", 0, 1, 1).await;
+    expect_messages(&t.http(), "idle:1", 1).await;
+    for i in 0..200 {
+        c.execute("INSERT INTO other VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+    }
+    let target: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let target = tidings_connector_postgres::pgoutput::parse_lsn(&target).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirmed = pg.confirmed_flush(&c, "tidings").await;
+        if confirmed >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "confirmed_flush_lsn stayed at {confirmed:X} below {target:X} while only other tables wrote"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+/// The issue asks for 1,000,000 rows; CI runs 100,000 (set TIDINGS_TEST_LARGE_TXN_ROWS to
+/// run more) and checks the process stays within a memory budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_transaction_goes_through_within_the_memory_budget() {
+    let rows: i64 = std::env::var("TIDINGS_TEST_LARGE_TXN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let tidings = Tidings::serve(data.path(), &["--postgres", &pg.url()]).await;
+    let c = pg.sql().await;
+    let started = Instant::now();
+    c.execute(
+        "INSERT INTO tidings.outbox (channel, name, data) SELECT 'big:1', 'row', jsonb_build_object('txn', 0, 'k', g, 'pad', repeat('p', 100)) FROM generate_series(0, $1::bigint - 1) g",
+        &[&rows],
+    )
+    .await
+    .unwrap();
+    let committed = started.elapsed();
+    let items = expect_messages(&tidings.http(), "big:1", rows as usize).await;
+    let delivered = started.elapsed();
+    assert_exactly_once_in_order(&items, 1, rows as u64);
+    let peak_mib = tidings.peak_rss_kib() / 1024;
+    eprintln!(
+        "large transaction: {rows} rows committed in {committed:?}, in the log (and read back) after {delivered:?}; tidings peak RSS {peak_mib} MiB"
+    );
+    assert!(
+        peak_mib < 512,
+        "tidings peaked at {peak_mib} MiB for a {rows}-row transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_command_is_idempotent_and_creates_the_slot() {
+    let pg = Cluster::start();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["migrate", "--postgres", &pg.url()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.contains("applied migrations [1]"), "{first}");
+    assert!(
+        first.contains("created replication slot tidings"),
+        "{first}"
+    );
+    let second = run();
+    assert!(second.contains("up to date (migration 1)"), "{second}");
+    assert!(
+        second.contains("replication slot tidings exists"),
+        "{second}"
+    );
+    let c = pg.sql().await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM tidings.outbox), (SELECT array_agg(pubinsert::text || pubupdate::text || pubdelete::text) FROM pg_publication WHERE pubname = 'tidings_outbox')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    assert_eq!(
+        row.get::<_, Vec<String>>(1),
+        vec!["truefalsefalse".to_string()],
+        "the publication publishes inserts only"
+    );
+}
