@@ -114,6 +114,10 @@ pub struct MigrateArgs {
     /// publication (idempotent), e.g. postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "TIDINGS_POSTGRES_URL", hide_env_values = true)]
     pub postgres: String,
+    /// Replication slot to create now (if missing), so that outbox rows written before
+    /// Tidings first starts are streamed too.
+    #[arg(long, default_value = tidings_connector_postgres::config::DEFAULT_SLOT)]
+    pub slot: String,
 }
 
 impl ServeArgs {
@@ -276,7 +280,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Run `tidings migrate`: apply the Postgres outbox migrations.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     init_tracing(LogFormat::Text);
-    let report = tidings_connector_postgres::migrate(args.postgres.trim()).await?;
+    use tidings_connector_postgres::SlotOutcome;
+    let report =
+        tidings_connector_postgres::migrate(args.postgres.trim(), Some(&args.slot)).await?;
     if report.applied.is_empty() {
         println!("the database is up to date (migration {})", report.current);
     } else {
@@ -284,6 +290,16 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             "applied migrations {:?}; the database is at migration {}",
             report.applied, report.current
         );
+    }
+    match report.slot {
+        SlotOutcome::Created { name, lsn } => println!(
+            "created replication slot {name} at {lsn}: outbox rows committed from now on will be streamed"
+        ),
+        SlotOutcome::Existed { name } => println!("replication slot {name} exists"),
+        SlotOutcome::NotCreated { reason } => eprintln!(
+            "warning: replication slot {} not created ({reason}); the connector creates it when it first starts, and outbox rows committed before then are not streamed",
+            args.slot
+        ),
     }
     Ok(())
 }
