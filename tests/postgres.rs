@@ -631,3 +631,60 @@ async fn the_migrate_command_is_idempotent_and_creates_the_slot() {
         "the publication publishes inserts only"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_verify_full_streams_and_a_wrong_ca_is_refused() {
+    let pg = Cluster::start_tls();
+    pg.migrate().await;
+    let url = pg.tls_url("verify-full");
+    let t = InProcess::start(&pg, |c| c.url = ConnectionUrl::new(url.clone())).await;
+    write_txns(&pg.url(), "tls:1", 0, 3, 1).await;
+    expect_messages(&t.http(), "tls:1", 3).await;
+    // Both of the connector's sessions are encrypted: the walsender and the SQL session.
+    let c = pg.sql().await;
+    let row = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE a.backend_type = 'walsender'), bool_and(s.ssl) \
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'tidings'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1, "one walsender for the connector");
+    assert_eq!(
+        row.get::<_, Option<bool>>(1),
+        Some(true),
+        "every connector session uses TLS"
+    );
+    t.server.shutdown();
+    t.server.wait().await;
+
+    // A CA that did not sign the server's certificate: the connector stops, saying why.
+    let other = tempfile::tempdir().unwrap();
+    let ca = other.path().join("other-ca.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
+        .arg(other.path().join("k"))
+        .arg("-out")
+        .arg(&ca)
+        .args(["-days", "2", "-subj", "/CN=someone else"])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let bad = format!(
+        "postgres://{}:{}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        support::USER,
+        support::PASSWORD,
+        pg.port,
+        ca.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &bad]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success());
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("sslrootcert"), "{lines}");
+}

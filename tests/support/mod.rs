@@ -121,6 +121,21 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra `postgresql.conf` lines.
     pub fn start_with(extra_conf: &str) -> Cluster {
+        Self::start_inner(extra_conf, false)
+    }
+
+    /// Like [`Cluster::start`], with TLS on: a throwaway CA (`ca_pem()`) signs a certificate
+    /// for `localhost`.
+    pub fn start_tls() -> Cluster {
+        Self::start_inner("", true)
+    }
+
+    /// The CA that signed the server's certificate (TLS clusters only).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_inner(extra_conf: &str, tls: bool) -> Cluster {
         trace();
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
@@ -176,9 +191,94 @@ impl Cluster {
         let conf_path = c.data().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).unwrap();
         text.push_str(&conf);
+        if tls {
+            c.make_certificates();
+            text.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n",
+                c.dir.path().display()
+            ));
+        }
         std::fs::write(&conf_path, text).unwrap();
         c.pg_ctl(&["start", "-w", "-t", "60"]);
         c
+    }
+
+    fn make_certificates(&self) {
+        let d = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl runs (apt-get install openssl)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tidings test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Command::new("chmod")
+            .args(["600", "server.key"])
+            .current_dir(d)
+            .status()
+            .unwrap();
+        if let Some(user) = &self.run_as {
+            Command::new("chown")
+                .args([user.as_str(), "server.key", "server.crt"])
+                .current_dir(d)
+                .status()
+                .unwrap();
+        }
+    }
+
+    /// Connection URL by host name `localhost` with the given `sslmode` (and this CA).
+    pub fn tls_url(&self, sslmode: &str) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@localhost:{}/postgres?sslmode={sslmode}&sslrootcert={}",
+            self.port,
+            self.ca_pem().display()
+        )
     }
 
     fn data(&self) -> PathBuf {

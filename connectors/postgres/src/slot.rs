@@ -44,6 +44,12 @@ pub fn sql_error(doing: &str, e: tokio_postgres::Error) -> SourceError {
         _ => None,
     };
     let what = format!("{doing}: {}", describe(&e));
+    // A certificate that does not verify will not fix itself by retrying.
+    let fatal_fix = fatal_fix.or_else(|| {
+        e.to_string()
+            .contains("TLS handshake")
+            .then_some("check sslmode and sslrootcert in the URL against the server's certificate")
+    });
     match fatal_fix {
         Some(fix) => fatal(what, fix),
         None => SourceError::Transient {
