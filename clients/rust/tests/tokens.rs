@@ -1,0 +1,193 @@
+//! Tokens from a callback: renewed in-band before expiry on WebSocket, replaced after the
+//! server says they expired (close 4001, SSE `token_expired`, a 401 on long-poll), without
+//! losing or repeating a message. Refused credentials stop the client with a typed error.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::{messages, publish, wait_state, TestServer, KEY, WAIT};
+use tidings_client::{
+    Client, ConnectionState, Error, ErrorCode, Event, Start, Stats, Token, Transport,
+};
+
+/// A token source that asks the server for `ttl` tokens. `honest: false` claims a far expiry,
+/// so the client never renews in-band and meets the server's 4001 instead.
+fn source(
+    base: String,
+    ttl: &'static str,
+    caps: Option<Value>,
+    honest: bool,
+    calls: Arc<AtomicU64>,
+) -> impl Fn() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Token, reqwest::Error>> + Send>,
+> + Send
+       + Sync
+       + 'static {
+    move || {
+        let (base, calls, caps) = (base.clone(), calls.clone(), caps.clone());
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut body = json!({"ttl": ttl, "subject": "device-1"});
+            if let Some(caps) = caps {
+                body["caps"] = caps;
+            }
+            let v: Value = reqwest::Client::new()
+                .post(format!("{base}/v1/tokens"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let token = v["token"].as_str().unwrap().to_owned();
+            Ok(if honest {
+                Token::with_expiry_ms(token, v["expires_at"].as_u64().unwrap())
+            } else {
+                Token::with_expiry(token, SystemTime::now() + Duration::from_secs(3600))
+            })
+        })
+    }
+}
+
+/// Subscribe with short-lived tokens and publish for `run`; every message must arrive once,
+/// in order. Returns the client's counters and the number of tokens fetched.
+async fn across_expiries(transport: Transport, honest: bool, run: Duration) -> (Stats, u64) {
+    let t = TestServer::start().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Client::builder(t.http())
+        .token_source(source(t.http(), "2s", None, honest, calls.clone()))
+        .transports(&[transport])
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .poll_wait(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut sub = c.attach("tok", Start::Now).await.unwrap();
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < run {
+        publish(&http, &t.http(), "tok", &[json!(sent)]).await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = messages(&mut sub, sent as usize).await;
+    let data: Vec<u64> = got
+        .iter()
+        .map(|m| m.data.clone().unwrap().as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        data,
+        (0..sent).collect::<Vec<_>>(),
+        "{transport}: once, in order"
+    );
+    support::assert_quiet(&mut sub).await;
+    let stats = c.stats();
+    c.close().await;
+    (stats, calls.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_renews_tokens_in_band_before_they_expire() {
+    let (stats, calls) = across_expiries(Transport::WebSocket, true, Duration::from_secs(4)).await;
+    assert!(calls >= 3, "tokens fetched: {calls}");
+    assert_eq!(
+        stats.connections, 1,
+        "renewed on the same connection: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_reconnects_with_a_fresh_token_after_close_4001() {
+    let (stats, calls) = across_expiries(Transport::WebSocket, false, Duration::from_secs(4)).await;
+    assert!(calls >= 2, "tokens fetched: {calls}");
+    assert!(stats.connections >= 2, "closed at expiry: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_reconnects_with_a_fresh_token_when_the_stream_expires() {
+    let (stats, calls) = across_expiries(Transport::Sse, true, Duration::from_secs(4)).await;
+    assert!(calls >= 2, "tokens fetched: {calls}");
+    assert!(
+        stats.connections >= 2,
+        "the stream ends at expiry: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_uses_fresh_tokens() {
+    let (_, calls) = across_expiries(Transport::LongPoll, true, Duration::from_secs(4)).await;
+    assert!(calls >= 2, "tokens fetched: {calls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_client_with_the_code() {
+    let t = TestServer::start().await;
+    for builder in [
+        Client::builder(t.http()).api_key("test:wrong-secret"),
+        Client::builder(t.http()).token("not.a.token"),
+    ] {
+        let c = builder.build().unwrap();
+        let e = tokio::time::timeout(WAIT, c.attach("a", Start::Now))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unauthorized), "{e}");
+        let state = wait_state(&c, |s| matches!(s, ConnectionState::Closed { .. })).await;
+        match state {
+            ConnectionState::Closed { error: Some(e) } => {
+                assert_eq!(e.code(), Some(ErrorCode::Unauthorized))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = c
+            .publish("a", tidings_client::Publish::data(json!(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Stopped(_)), "{e:?}");
+        assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
+    }
+}
+
+/// A channel the token does not allow is refused with `forbidden`; the others work.
+async fn forbidden_channel(transport: Transport) {
+    let t = TestServer::start().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let caps = json!({"a:*": ["subscribe"]});
+    let c = Client::builder(t.http())
+        .token_source(source(t.http(), "1h", Some(caps), true, calls))
+        .transports(&[transport])
+        .build()
+        .unwrap();
+    // Rewinding needs `history`, which the token lacks. (First, while nothing else is attached:
+    // on SSE and long-poll the server currently demands `history` on every channel of a
+    // request that carries `rewind`, and blames the first one; reported to the server's owner.)
+    let e = c.attach("a:2", Start::Rewind(1)).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(ErrorCode::Forbidden),
+        "{transport}: rewind needs history"
+    );
+    assert!(e.to_string().contains("history"), "{e}");
+    let mut ok = c.attach("a:1", Start::Now).await.unwrap();
+    let e = c.attach("b:1", Start::Now).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{transport}: {e}");
+    publish(&reqwest::Client::new(), &t.http(), "a:1", &[json!(1)]).await;
+    match tokio::time::timeout(WAIT, ok.next()).await.unwrap() {
+        Some(Ok(Event::Message(m))) => assert_eq!(m.serial, 1),
+        other => panic!("{transport}: {other:?}"),
+    }
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_channels_are_refused_on_every_transport() {
+    for transport in Transport::ALL {
+        forbidden_channel(transport).await;
+    }
+}
