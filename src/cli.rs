@@ -26,6 +26,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create or upgrade what a connector needs in its database (the Postgres outbox).
     Migrate(MigrateArgs),
+    /// Print the messages of channels as they arrive (a subscriber for operators).
+    Tail(crate::tail::TailArgs),
 }
 
 /// Flags of `tidings serve`.

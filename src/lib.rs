@@ -20,4 +20,5 @@ pub mod server;
 pub mod session;
 pub mod source;
 pub mod subscription;
+pub mod tail;
 pub mod token;

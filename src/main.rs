@@ -9,6 +9,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => tidings::cli::serve(args).await,
         Command::Migrate(args) => tidings::cli::migrate(args).await,
+        Command::Tail(args) => tidings::tail::run(args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
