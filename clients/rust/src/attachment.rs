@@ -7,7 +7,7 @@
 //! log, or closes with a resumable reason). A backlog therefore holds at most what one read
 //! produced (one frame, one SSE chunk, one poll answer).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -64,6 +64,10 @@ impl Request {
 /// Every attached channel of a client.
 pub(crate) struct Attachments {
     map: BTreeMap<String, Attachment>,
+    /// Channels whose backlog is not empty (so that checking costs nothing per frame).
+    backlogged: BTreeSet<String>,
+    /// Channels found with a dropped subscription while delivering.
+    gone: BTreeSet<String>,
     counters: Arc<Counters>,
 }
 
@@ -71,6 +75,8 @@ impl Attachments {
     pub fn new(counters: Arc<Counters>) -> Attachments {
         Attachments {
             map: BTreeMap::new(),
+            backlogged: BTreeSet::new(),
+            gone: BTreeSet::new(),
             counters,
         }
     }
@@ -97,6 +103,8 @@ impl Attachments {
                 return Err((Error::AlreadyAttached(channel), confirm));
             }
         }
+        self.backlogged.remove(&channel);
+        self.gone.remove(&channel);
         self.map.insert(
             channel,
             Attachment {
@@ -118,6 +126,8 @@ impl Attachments {
         match self.map.get(channel) {
             Some(a) if a.id == id => {
                 self.map.remove(channel);
+                self.backlogged.remove(channel);
+                self.gone.remove(channel);
                 true
             }
             _ => false,
@@ -237,6 +247,7 @@ impl Attachments {
         if let Some(confirm) = a.confirm.take() {
             let _ = confirm.send(Ok(()));
         }
+        self.note(channel);
     }
 
     /// A message arrived. Dropped when its serial is not above the last one delivered, or when
@@ -254,12 +265,16 @@ impl Attachments {
         }
         position.serial = message.serial;
         Counters::add(&self.counters.messages_delivered, 1);
+        let channel = message.channel.clone();
         push(a, Item::Event(Event::Message(message)));
+        self.note(&channel);
     }
 
     /// The server refused or dropped `channel`: the application's `attach` fails, or the
     /// subscription yields the error and ends.
     pub fn fail(&mut self, channel: &str, error: Error) {
+        self.backlogged.remove(channel);
+        self.gone.remove(channel);
         if let Some(a) = self.map.remove(channel) {
             retire(a, Some(error));
         }
@@ -267,39 +282,52 @@ impl Attachments {
 
     /// End every subscription, with `error` (a fatal error) or without (closed).
     pub fn end_all(&mut self, error: Option<&Arc<Error>>) {
+        self.backlogged.clear();
+        self.gone.clear();
         for (_, a) in std::mem::take(&mut self.map) {
             let e = error.map(shared_error);
             retire(a, e);
         }
     }
 
-    /// Channels whose subscription was dropped; they are removed.
+    /// Record what a delivery to `channel` left behind: a backlog, or a dropped subscription.
+    fn note(&mut self, channel: &str) {
+        if let Some(a) = self.map.get(channel) {
+            if !a.backlog.is_empty() {
+                self.backlogged.insert(channel.to_owned());
+            }
+            if a.gone {
+                self.gone.insert(channel.to_owned());
+            }
+        }
+    }
+
+    /// Channels found with a dropped subscription while delivering (normally the dropped
+    /// subscription's detach command comes first); they are removed.
     pub fn take_gone(&mut self) -> Vec<String> {
-        let gone: Vec<String> = self
-            .map
-            .iter()
-            .filter(|(_, a)| a.gone || a.events.is_closed())
-            .map(|(c, _)| c.clone())
-            .collect();
+        if self.gone.is_empty() {
+            return Vec::new();
+        }
+        let gone: Vec<String> = std::mem::take(&mut self.gone).into_iter().collect();
         for c in &gone {
             self.map.remove(c);
+            self.backlogged.remove(c);
         }
         gone
     }
 
     /// Whether some delivery waits for room in a subscription's queue.
     pub fn backlogged(&self) -> bool {
-        self.map.values().any(|a| !a.backlog.is_empty())
+        !self.backlogged.is_empty()
     }
 
     /// A future that resolves when the first backlogged subscription has room again; pending
     /// forever when nothing is backlogged. Owns what it needs, so it borrows nothing.
     pub fn room(&self) -> impl Future<Output = Option<String>> + Send + 'static {
         let waiting = self
-            .map
-            .iter()
-            .find(|(_, a)| !a.backlog.is_empty())
-            .map(|(c, a)| (c.clone(), a.events.clone()));
+            .backlogged
+            .first()
+            .and_then(|c| Some((c.clone(), self.map.get(c)?.events.clone())));
         async move {
             match waiting {
                 None => std::future::pending().await,
@@ -314,8 +342,19 @@ impl Attachments {
 
     /// Move as much of `channel`'s backlog as fits into its queue.
     pub fn drain(&mut self, channel: &str) {
-        if let Some(a) = self.map.get_mut(channel) {
-            drain(a);
+        match self.map.get_mut(channel) {
+            Some(a) => {
+                drain(a);
+                if a.backlog.is_empty() {
+                    self.backlogged.remove(channel);
+                }
+                if a.gone {
+                    self.gone.insert(channel.to_owned());
+                }
+            }
+            None => {
+                self.backlogged.remove(channel);
+            }
         }
     }
 }
@@ -476,6 +515,19 @@ mod tests {
             atts.drain("a");
         }
         assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_dropped_subscription_is_detached_at_the_next_delivery() {
+        let mut atts = Attachments::new(Default::default());
+        let (rx, _c) = attach(&mut atts, "a", Start::Now, 4);
+        atts.on_attached("a", "e".into(), 0, false, None);
+        assert!(atts.take_gone().is_empty());
+        drop(rx);
+        atts.on_message(message("a", 1));
+        assert_eq!(atts.take_gone(), vec!["a".to_owned()]);
+        assert!(atts.is_empty());
+        assert!(!atts.backlogged());
     }
 
     #[test]

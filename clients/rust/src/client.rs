@@ -210,6 +210,9 @@ impl Client {
     /// [`Error::AlreadyAttached`].
     pub async fn attach(&self, channel: &str, start: Start) -> Result<Subscription, Error> {
         validate_channel(channel)?;
+        if let Start::From(p) = &start {
+            validate_epoch(&p.epoch)?;
+        }
         let (events, receiver) = mpsc::channel(self.shared.settings.buffer);
         let (confirm, confirmed) = oneshot::channel();
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +299,23 @@ impl std::fmt::Debug for Client {
             .field("state", &*self.state.borrow())
             .finish()
     }
+}
+
+/// Check an epoch before it goes into a request: positions are written `channel=epoch:serial`
+/// joined by `,`, so an epoch can hold neither `,` nor `=`.
+fn validate_epoch(epoch: &str) -> Result<(), Error> {
+    if epoch.is_empty() || epoch.len() > 255 {
+        return Err(Error::InvalidPosition("the epoch must be 1 to 255 bytes"));
+    }
+    if epoch
+        .bytes()
+        .any(|b| b == b',' || b == b'=' || !b.is_ascii_graphic())
+    {
+        return Err(Error::InvalidPosition(
+            "the epoch holds characters epochs never contain (`,`, `=`, spaces, non-ASCII)",
+        ));
+    }
+    Ok(())
 }
 
 /// The server's base URL as `http(s)://host[:port]/[prefix/]`.

@@ -53,6 +53,10 @@ pub enum Error {
     /// `id`, `headers` not an object); nothing was sent.
     #[error("invalid message: {0}")]
     InvalidMessage(&'static str),
+    /// A position given to [`Start::From`](crate::Start::From) cannot be a server's: its epoch
+    /// is empty or holds characters epochs never contain; nothing was sent.
+    #[error("invalid position: {0}")]
+    InvalidPosition(&'static str),
     /// The channel is already attached on this client: one subscription per channel.
     #[error("channel {0:?} is already attached on this client; drop its Subscription first")]
     AlreadyAttached(String),

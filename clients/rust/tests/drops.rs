@@ -155,15 +155,19 @@ async fn long_poll_delivers_every_message_once_in_order_across_drops() {
 
 /// A connection that goes silent (packets dropped, socket open) is detected by its missing
 /// heartbeats and replaced; what was published meanwhile arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_detected_by_missing_heartbeats() {
+async fn silent_connection_is_replaced(transport: Transport) {
     let t = TestServer::start_with(|c| {
         c.session.heartbeat_interval = Duration::from_millis(200);
     })
     .await;
     let proxy = Proxy::start(t.addr()).await;
     let http = reqwest::Client::new();
-    let c = client(&proxy.url()).build().unwrap();
+    // WebSocket learns the interval from `connected`; SSE is told.
+    let c = client(&proxy.url())
+        .transports(&[transport])
+        .heartbeat(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let mut sub = c.attach("quiet", Start::Now).await.unwrap();
     publish(&http, &t.http(), "quiet", &[json!(1)]).await;
     assert_eq!(messages(&mut sub, 1).await[0].serial, 1);
@@ -180,10 +184,20 @@ async fn a_silent_connection_is_detected_by_missing_heartbeats() {
     // 2.5 heartbeats of 200 ms, plus a reconnect.
     assert!(
         took >= Duration::from_millis(450) && took < WAIT,
-        "detected after {took:?}"
+        "{transport}: detected after {took:?}"
     );
-    assert_eq!(c.stats().connections, 2);
+    assert_eq!(c.stats().connections, 2, "{transport}");
     c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_detected_by_missing_heartbeats() {
+    silent_connection_is_replaced(Transport::WebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sse_stream_is_detected_by_missing_keep_alives() {
+    silent_connection_is_replaced(Transport::Sse).await;
 }
 
 /// Closing ends every subscription and says so in the state.
@@ -202,4 +216,32 @@ async fn close_ends_subscriptions() {
         c.attach("y", Start::Now).await,
         Err(tidings_client::Error::Closed)
     ));
+}
+
+/// A subscription read slowly (a tiny queue, left unread while hundreds of messages arrive)
+/// still gets everything in order: the client stops reading the network instead of dropping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_everything_in_order() {
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    for transport in Transport::ALL {
+        let channel = format!("slow:{}", transport.to_string().replace('-', ""));
+        let c = client(&t.http())
+            .transports(&[transport])
+            .buffer(4)
+            .build()
+            .unwrap();
+        let mut sub = c.attach(&channel, Start::Now).await.unwrap();
+        let mut fast = c.attach("slow:other", Start::Now).await.unwrap();
+        let data: Vec<Value> = (0..500).map(|i| json!(i)).collect();
+        publish(&http, &t.http(), &channel, &data).await;
+        publish(&http, &t.http(), "slow:other", &[json!("x")]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = messages(&mut sub, 500).await;
+        let serials: Vec<u64> = got.iter().map(|m| m.serial).collect();
+        assert_eq!(serials, (1..=500).collect::<Vec<_>>(), "{transport}");
+        assert_eq!(messages(&mut fast, 1).await[0].data, Some(json!("x")));
+        assert_quiet(&mut sub).await;
+        c.close().await;
+    }
 }

@@ -68,6 +68,19 @@ async fn bad_input_is_refused_with_clear_errors() {
         c.publish("a", Publish::default()).await,
         Err(Error::InvalidMessage(_))
     ));
+    for epoch in ["", "a,b", "a=b", "a b"] {
+        let from = tidings_client::Position {
+            epoch: epoch.into(),
+            serial: 1,
+        };
+        assert!(
+            matches!(
+                c.attach("a", Start::From(from)).await,
+                Err(Error::InvalidPosition(_))
+            ),
+            "{epoch:?}"
+        );
+    }
     assert!(matches!(
         c.publish("a", Publish::data(json!(1)).headers(json!("h")))
             .await,
