@@ -93,7 +93,9 @@ export function websocket(l: Link): Conn {
     l.frame(f);
   };
   ws.onclose = (e: CloseEvent) => l.close(e.code);
-  ws.onerror = () => {}; // `close` follows
+  // `close` should follow `error`, but Node 20's WebSocket sometimes never sends it (a refused
+  // upgrade, a cut during the handshake): end the connection ourselves unless it came.
+  ws.onerror = () => setTimeout(() => l.close(1006), 100);
   return {
     send: (f) => ws.readyState === 1 && (ws.send(JSON.stringify(f)), true),
     update() {},

@@ -30,10 +30,13 @@ export async function startTidings(extraArgs = []) {
   );
   const lines = readline.createInterface({ input: child.stderr });
   const exited = new Promise((r) => child.once('exit', r));
+  const tail = [];
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('tidings did not start within 10 s')), 10_000);
-    child.once('exit', (code) => reject(new Error(`tidings exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`tidings exited with ${code}: ${tail.join('\n')}`)));
     lines.on('line', (line) => {
+      tail.push(line);
+      if (tail.length > 5) tail.shift();
       try {
         const v = JSON.parse(line);
         if (v.message === 'tidings listening') {
