@@ -536,21 +536,30 @@ impl Driver {
                 .await
                 .map(|d| Instant::now() + d);
             let mut renewing: Option<JoinHandle<Result<Option<String>, Error>>> = None;
+            // Timers are reset, not rebuilt per frame: frames come far more often than they fire.
+            let dead = tokio::time::sleep_until(last_heard + self.dead_after());
+            tokio::pin!(dead);
+            let renew_timer = tokio::time::sleep_until(renew_at.unwrap_or_else(far_future));
+            tokio::pin!(renew_timer);
             loop {
                 healthy = healthy || self.attachments.all_confirmed();
                 let backlogged = self.attachments.backlogged();
                 let room = self.attachments.room();
-                let dead_at = last_heard + self.dead_after();
                 let step = tokio::select! {
                     biased;
                     command = self.commands.recv() => Step::Command(command),
                     Some(channel) = room => Step::Room(channel),
                     frame = ws.next(), if !backlogged => Step::Frame(frame),
-                    _ = sleep_until(dead_at), if !backlogged => {
-                        break 'session lost(Error::HeartbeatTimeout(self.dead_after()), healthy);
+                    _ = &mut dead, if !backlogged => {
+                        let due = last_heard + self.dead_after();
+                        if Instant::now() >= due {
+                            break 'session lost(Error::HeartbeatTimeout(self.dead_after()), healthy);
+                        }
+                        dead.as_mut().reset(due);
+                        continue;
                     }
                     token = join(renewing.as_mut()), if renewing.is_some() => Step::Renewed(token),
-                    _ = sleep_until(renew_at.unwrap_or_else(far_future)), if renew_at.is_some() && renewing.is_none() => {
+                    _ = &mut renew_timer, if renew_at.is_some() && renewing.is_none() => {
                         renew_at = None;
                         let shared = self.shared.clone();
                         renewing = Some(tokio::spawn(async move { shared.auth.credential(true).await }));
@@ -669,6 +678,9 @@ impl Driver {
                                     .renew_in()
                                     .await
                                     .map(|d| Instant::now() + d);
+                                renew_timer
+                                    .as_mut()
+                                    .reset(renew_at.unwrap_or_else(far_future));
                             }
                             WsStep::End(error, refresh) => {
                                 break 'session Ended::Lost {
@@ -691,7 +703,11 @@ impl Driver {
                                     break 'session lost(error, healthy);
                                 }
                             }
-                            _ => renew_at = Some(Instant::now() + RENEW_RETRY),
+                            _ => {
+                                let at = Instant::now() + RENEW_RETRY;
+                                renew_at = Some(at);
+                                renew_timer.as_mut().reset(at);
+                            }
                         }
                     }
                 }
@@ -838,6 +854,8 @@ impl Driver {
         let mut events: Vec<SseEvent> = Vec::new();
         let mut healthy = false;
         let mut last_heard = Instant::now();
+        let dead = tokio::time::sleep_until(last_heard + self.dead_after());
+        tokio::pin!(dead);
         loop {
             if self.attachments.all_confirmed() {
                 healthy = true;
@@ -848,7 +866,6 @@ impl Driver {
             }
             let backlogged = self.attachments.backlogged();
             let room = self.attachments.room();
-            let dead_at = last_heard + self.dead_after();
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match self.handle(command) {
@@ -879,8 +896,12 @@ impl Driver {
                         Err(e) => return lost(Error::transport(Transport::Sse, "the stream failed", Some(Box::new(e))), healthy),
                     }
                 }
-                _ = sleep_until(dead_at), if !backlogged => {
-                    return lost(Error::HeartbeatTimeout(self.dead_after()), healthy);
+                _ = &mut dead, if !backlogged => {
+                    let due = last_heard + self.dead_after();
+                    if Instant::now() >= due {
+                        return lost(Error::HeartbeatTimeout(self.dead_after()), healthy);
+                    }
+                    dead.as_mut().reset(due);
                 }
             }
             self.attachments.take_gone();
