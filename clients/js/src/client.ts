@@ -198,7 +198,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Owner {
       sub._loaded = false;
       (async () => store.get(this.key(channel)))()
         .then((text) => {
-          if (text && !sub._pos) sub._pos = JSON.parse(text);
+          const p = text && JSON.parse(text);
+          if (!sub._pos && typeof p?.epoch === 'string' && Number.isSafeInteger(p.serial)) sub._pos = { epoch: p.epoch, serial: p.serial };
         })
         .catch((e) => this.emit('error', new TidingsError('failed', `cannot read the stored position of ${channel}: ${e}`, channel)))
         .then(() => {
@@ -261,7 +262,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Owner {
     this.subs.delete(sub.channel);
     this.dirty.delete(sub);
     const c = this.conn;
-    if (c?.open) {
+    if (c?.open && sub._loaded) {
       if (c.send) c.send({ type: 'detach', channel: sub.channel });
       else c.update();
     }

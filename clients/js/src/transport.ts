@@ -124,6 +124,7 @@ export function sse(l: Link): Conn {
     const me = ++gen;
     const c = (ctl = new AbortController());
     await null;
+    if (me !== gen) return;
     const w = l.wanted();
     try {
       if (!w.length) return opened || ((opened = true), l.open());
