@@ -55,7 +55,7 @@ impl ApiError {
             }
             ErrorCode::NotAttached => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -156,14 +156,24 @@ async fn long_poll_answers_at_once_waits_and_resumes() {
     assert_eq!(r["messages"].as_array().unwrap().len(), 0);
     assert_eq!(r["next"].as_str().unwrap(), next);
 
-    // A stale epoch is reported, never skipped silently.
+    // A stale epoch is reported at once, never skipped silently and never after a long wait.
+    let started = Instant::now();
     let r = poll(
         &http,
         &t.http(),
-        "channel=p&from=p=0000000000000000:1&wait=100ms",
+        "channel=p&from=p=0000000000000000:1&wait=10s",
     )
     .await;
     assert_eq!(r["attached"][0]["reason"], "epoch_changed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "continuity lost is answered at once"
+    );
+    // A first poll without a position answers at once with the position to poll from.
+    let started = Instant::now();
+    let r = poll(&http, &t.http(), "channel=p&wait=10s").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r["next"].as_str().unwrap(), format!("p={epoch}:4"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,6 +321,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The server failed; the operation may be retried.
     Internal,
+    /// A code this version of the types does not know (sent by a newer server). Clients treat
+    /// it by its HTTP status or as a generic error.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -343,6 +347,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
@@ -461,6 +466,12 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn future_error_codes_parse_as_unknown() {
+        let code: ErrorCode = serde_json::from_str(r#""quota_exceeded""#).unwrap();
+        assert_eq!(code, ErrorCode::Unknown);
     }
 
     #[test]

@@ -51,7 +51,15 @@ pub(super) async fn poll(
     let (mut sub, attached) = attach_all(&state, &principal, &wanted)?;
     let mut frames = Vec::new();
     let mut reattached = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
+    // A first attach (no position yet) or a lost continuity is answered at once: the client
+    // needs the position, or must resync, before waiting makes sense.
+    let answer_now = attached.iter().any(|a| {
+        matches!(
+            a,
+            tidings_protocol::ServerFrame::Attached { resumed: false, .. }
+        )
+    });
+    let deadline = tokio::time::Instant::now() + if answer_now { Duration::ZERO } else { wait };
     // Wait for the first messages (at once if the log has some after the positions).
     let first = tokio::select! {
         biased;

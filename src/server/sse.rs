@@ -93,7 +93,9 @@ pub(super) fn attach_all(
 ) -> Result<(Subscription, Vec<ServerFrame>), ApiError> {
     for channel in &wanted.channels {
         publish::authorize(principal, Operation::Subscribe, channel)?;
-        if wanted.rewind.is_some() {
+        // Rewind reads history; resuming one's own position does not.
+        let resumes = wanted.from.iter().any(|(c, _)| c == channel);
+        if wanted.rewind.is_some() && !resumes {
             publish::authorize(principal, Operation::History, channel)?;
         }
     }
