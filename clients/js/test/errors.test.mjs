@@ -111,3 +111,25 @@ test('every error code of docs/protocol.md is in the SDK error type', () => {
   const types = readFileSync(new URL('../dist/errors.d.ts', import.meta.url), 'utf8');
   for (const c of codes) assert.ok(types.includes(`'${c}'`) || types.includes(`"${c}"`), `${c} in ServerErrorCode`);
 });
+
+test('without credentials: public namespaces can be read, other channels are forbidden', async () => {
+  const open = await startTidings(['--public-namespace', 'pub']);
+  const client = new TidingsClient({ url: open.base });
+  const sub = client.attach('pub:news', { rewind: 5 });
+  const got = [];
+  sub.on('message', (m) => got.push(m.data));
+  await waitFor(() => sub.position, 5000, 'attached anonymously');
+  const r = await fetch(`${open.base}/v1/channels/pub:news/messages`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ data: 'hello' }),
+  });
+  assert.equal(r.status, 201);
+  await waitFor(() => got.length === 1, 5000, 'the public message');
+  const denied = client.attach('private:1');
+  const e = await new Promise((r) => denied.on('error', r));
+  assert.equal(e.code, 'forbidden');
+  await assert.rejects(client.publish('pub:news', { data: 'anonymous publish' }), code('forbidden'));
+  await client.close();
+  await open.stop();
+});

@@ -60,7 +60,8 @@ export async function startTidings(extraArgs = []) {
 }
 
 /**
- * A TCP proxy to `target` ("host:port"). `cut()` destroys every open connection; `freeze()` keeps
+ * A TCP proxy to `target` ("host:port"). `cut()` destroys every open connection (`cuts` counts
+ * those that hit at least one); `freeze()` keeps
  * them open but silently drops what they carry (a dead network without FIN or RST); `block(re)`
  * answers 403 to HTTP requests whose request line matches `re`; `retarget(addr)` sends new
  * connections elsewhere.
@@ -107,8 +108,9 @@ export async function startProxy(target) {
     get connections() {
       return open.size;
     },
+    /** Cuts that destroyed at least one open connection. */
     cut() {
-      cuts++;
+      if (open.size > 0) cuts++;
       for (const { inbound, outbound } of open) {
         inbound.destroy();
         outbound.destroy();
