@@ -30,8 +30,11 @@ export type ErrorCode = ServerErrorCode | ClientErrorCode;
 export class TidingsError extends Error {
   override readonly name = 'TidingsError';
   constructor(
-    /** A protocol error code, or one of the SDK's own (`ClientErrorCode`). */
-    readonly code: ErrorCode,
+    /**
+     * A protocol error code, or one of the SDK's own (`ClientErrorCode`). A newer server may send
+     * a code this SDK does not know: it arrives as is, with the HTTP `status` when there was one.
+     */
+    readonly code: ErrorCode | (string & {}),
     message: string,
     /** The channel the error is about, when it is about one. */
     readonly channel?: string,
