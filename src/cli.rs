@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Largest history page [default: 1000].
     #[arg(long, env = "TIDINGS_HISTORY_PAGE_MAX")]
     pub history_page_max: Option<usize>,
+    /// Most connections (WebSocket, SSE, long-poll) in total [default: 100000].
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most connections per API key or token subject [default: 100000].
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_SUBJECT")]
+    pub max_connections_per_subject: Option<usize>,
     /// Live messages buffered per channel before a subscriber reads the log [default: 1024].
     #[arg(long, env = "TIDINGS_LIVE_BUFFER")]
     pub live_buffer: Option<usize>,
@@ -163,6 +169,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.history_page_max {
             config.limits.history_page_max = v;
+        }
+        if let Some(v) = self.max_connections {
+            config.limits.max_connections = v;
+        }
+        if let Some(v) = self.max_connections_per_subject {
+            config.limits.max_connections_per_subject = v;
         }
         if let Some(v) = self.live_buffer {
             config.session.live_buffer = v;

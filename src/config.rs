@@ -27,8 +27,9 @@ pub const DEFAULT_MAX_PUBLISH_BATCH: usize = 1000;
 pub const DEFAULT_MAX_INFLIGHT: usize = 256;
 /// Default most connections per server.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default most connections per API key or token subject.
-pub const DEFAULT_MAX_CONNECTIONS_PER_SUBJECT: usize = 10_000;
+/// Default most connections per API key or token subject: as many as the server takes, because
+/// anonymous clients of public namespaces, and browsers sharing one key, share a subject.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SUBJECT: usize = DEFAULT_MAX_CONNECTIONS;
 /// Default most channels attached on one connection.
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1_000;
 /// Default publishes per second per connection.

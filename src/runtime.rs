@@ -181,6 +181,12 @@ async fn serve(
     let sessions = state.sessions.clone();
     let log = state.log.clone();
     let app = router(state);
+    // Small frames (acks, live messages) go out at once instead of waiting for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

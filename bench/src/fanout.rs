@@ -1,0 +1,561 @@
+//! `fanout`: N WebSocket subscribers on one channel, one paced publisher, publish-to-receive
+//! latency and per-subscriber continuity checks.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tidings_protocol::ServerFrame;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{self, Report, Target, STAMP};
+
+/// Arguments of `fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// WebSocket subscribers to open, all attached to the channel.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Messages per second the publisher sends.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Approximate bytes of each message's data.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Channel to use (default: a fresh `bench:fanout-...` channel).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Connects (and attaches) in flight at once while ramping up.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Give up waiting for subscribers to attach after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub connect_timeout: f64,
+    /// Publishes awaiting their ack at most (the publisher waits beyond that).
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// Seconds to wait after the last ack for every subscriber to receive the last message.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_timeout: f64,
+    /// Spread connections over 127.0.0.1..127.0.0.N (more ephemeral ports); 1 = don't bind.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u8,
+    /// Server process id, to report its CPU use and RSS.
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// API key (ID:SECRET) of the publisher, when it should not count against the
+    /// subscribers' key (servers limit connections per key).
+    #[arg(long, env = "TIDINGS_BENCH_PUBLISHER_KEY")]
+    pub publisher_key: Option<String>,
+}
+
+const CONNECTING: u8 = 0;
+const ATTACHED: u8 = 1;
+const FAILED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// What one subscriber saw; written only by its task, read by the coordinator.
+#[derive(Default)]
+struct SubStats {
+    state: AtomicU8,
+    attach_serial: AtomicU64,
+    last: AtomicU64,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+}
+
+const SHARDS: usize = 8;
+
+struct Shared {
+    url: String,
+    bearer: String,
+    channel: String,
+    subs: Vec<SubStats>,
+    connect_sem: Semaphore,
+    settled: AtomicUsize,
+    hist: Vec<Mutex<Histogram<u64>>>,
+    first_error: Mutex<Option<String>>,
+    close_reasons: Mutex<Vec<String>>,
+    source_ips: Vec<std::net::IpAddr>,
+}
+
+impl Shared {
+    fn note_error(&self, e: String) {
+        let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+}
+
+async fn subscriber(i: usize, sh: Arc<Shared>) {
+    let st = &sh.subs[i];
+    let local_ip = (!sh.source_ips.is_empty()).then(|| sh.source_ips[i % sh.source_ips.len()]);
+    let opened = {
+        let _permit = sh.connect_sem.acquire().await;
+        async {
+            let (mut ws, hb) = common::ws_connect(&sh.url, &sh.bearer, local_ip, 8).await?;
+            let (serial, _epoch) = common::attach(&mut ws, &sh.channel, None).await?;
+            Ok::<_, anyhow::Error>((ws, hb, serial))
+        }
+        .await
+    };
+    let (mut ws, hb, serial) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            sh.note_error(format!("subscriber {i}: {e:#}"));
+            st.state.store(FAILED, Ordering::Release);
+            sh.settled.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+    };
+    st.attach_serial.store(serial, Ordering::Relaxed);
+    st.last.store(serial, Ordering::Relaxed);
+    st.state.store(ATTACHED, Ordering::Release);
+    sh.settled.fetch_add(1, Ordering::AcqRel);
+
+    let shard = &sh.hist[i % SHARDS];
+    let mut last = serial;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let s = t.as_str();
+                    let Some(sent) = common::find_u64(s, STAMP) else { continue };
+                    let now = common::now_ns();
+                    {
+                        let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+                        common::record_ns(&mut h, now.saturating_sub(sent));
+                    }
+                    match common::find_u64(s, "\"serial\":") {
+                        Some(n) if n > last => {
+                            last = n;
+                            st.last.store(n, Ordering::Release);
+                            st.received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(n) if n == last => {
+                            st.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(_) => {
+                            st.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => sh.note_error(format!("message without serial: {s}")),
+                    }
+                }
+                Some(Ok(Message::Close(c))) => break format!("closed by server: {c:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break format!("socket error: {e}"),
+                None => break "socket ended".to_string(),
+            },
+            _ = ping.tick() => {
+                if let Err(e) = ws.send(common::ping_frame()).await {
+                    break format!("ping failed: {e}");
+                }
+            }
+        }
+    };
+    st.state.store(CLOSED, Ordering::Release);
+    sh.close_reasons
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("subscriber {i}: {reason}"));
+}
+
+/// Acked serials, error count, first error and ack latencies, as the ack reader saw them.
+type AckTally = (Vec<(u64, u64)>, u64, Option<String>, Histogram<u64>);
+
+/// What the publisher achieved.
+pub struct PublishOutcome {
+    pub sent: u64,
+    /// Acked serials, in the order the publishes were sent.
+    pub serials: Vec<u64>,
+    /// Publishes whose serial is below that of a publish sent before them.
+    pub order_inversions: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub stalls: u64,
+    pub send_secs: f64,
+    pub ack_latency: Histogram<u64>,
+}
+
+/// Publish `rate` messages a second for `duration` seconds over one WebSocket, each stamped with
+/// its send instant, and collect the acks.
+pub async fn publish_paced(
+    target: &Target,
+    channel: &str,
+    rate: f64,
+    duration: f64,
+    size: usize,
+    max_inflight: usize,
+) -> Result<PublishOutcome> {
+    if rate.is_nan() || rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let (ws, _hb) = common::ws_connect(&target.ws_url(), &target.bearer(), None, 5).await?;
+    let (mut sink, mut stream) = ws.split();
+    let total = (rate * duration).round().max(1.0) as u64;
+    let sem = Arc::new(Semaphore::new(max_inflight.max(1)));
+
+    let reader_sem = sem.clone();
+    let reader: JoinHandle<AckTally> = tokio::spawn(async move {
+        let mut serials: Vec<(u64, u64)> = Vec::with_capacity(total as usize);
+        let mut errors = 0u64;
+        let mut first_error = None;
+        let mut hist = common::new_histogram();
+        while (serials.len() as u64) + errors < total {
+            let Some(msg) = stream.next().await else {
+                first_error.get_or_insert_with(|| "publisher socket ended".to_string());
+                break;
+            };
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(c)) => {
+                    first_error.get_or_insert_with(|| format!("publisher closed: {c:?}"));
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    first_error.get_or_insert_with(|| format!("publisher socket: {e}"));
+                    break;
+                }
+            };
+            match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                Ok(ServerFrame::Ack {
+                    serial, reference, ..
+                }) => {
+                    let sent = reference.and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+                    common::record_ns(&mut hist, common::now_ns().saturating_sub(sent));
+                    serials.push((sent, serial));
+                    reader_sem.add_permits(1);
+                }
+                Ok(ServerFrame::Error(e)) => {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| format!("publish error: {e:?}"));
+                    reader_sem.add_permits(1);
+                }
+                _ => {}
+            }
+        }
+        (serials, errors, first_error, hist)
+    });
+
+    let (head, tail) = common::stamped_data(size);
+    let prefix = format!(
+        "{{\"type\":\"publish\",\"channel\":{},\"name\":\"bench\",\"data\":{head}",
+        serde_json::to_string(channel)?
+    );
+    let period = Duration::from_secs_f64((1.0 / rate).max(0.001));
+    let mut iv = tokio::time::interval(period);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut stalls = 0u64;
+    let mut send_error = None;
+    'outer: while sent < total {
+        iv.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        while sent < due {
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => p.forget(),
+                Err(_) => {
+                    stalls += 1;
+                    if let Ok(p) = sem.clone().acquire_owned().await {
+                        p.forget();
+                    }
+                }
+            }
+            let ns = common::now_ns();
+            let frame = format!("{prefix}{ns}{tail},\"ref\":\"{ns}\"}}");
+            if let Err(e) = sink.feed(Message::text(frame)).await {
+                send_error = Some(format!("publisher send: {e}"));
+                break 'outer;
+            }
+            sent += 1;
+        }
+        if let Err(e) = sink.flush().await {
+            send_error = Some(format!("publisher flush: {e}"));
+            break;
+        }
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    let (mut acks, errors, reader_error, ack_latency) =
+        match tokio::time::timeout(Duration::from_secs(30), reader).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => bail!("publisher reader failed: {e}"),
+            Err(_) => bail!("publisher: acks still missing 30 s after the last publish"),
+        };
+    let _ = sink.close().await;
+    acks.sort_unstable();
+    let serials: Vec<u64> = acks.iter().map(|a| a.1).collect();
+    let mut order_inversions = 0;
+    let mut highest = 0;
+    for &s in &serials {
+        if s < highest {
+            order_inversions += 1;
+        }
+        highest = highest.max(s);
+    }
+    Ok(PublishOutcome {
+        sent,
+        serials,
+        order_inversions,
+        errors,
+        first_error: send_error.or(reader_error),
+        stalls,
+        send_secs,
+        ack_latency,
+    })
+}
+
+pub async fn run(a: &FanoutArgs) -> Result<Report> {
+    let channel = common::channel_or_fresh(&a.channel, "fanout");
+    let mut r = Report::new("fanout");
+    r.text("channel", &channel);
+    r.int("subscribers", a.subscribers as u64, "");
+    r.num("rate", a.rate, "msg/s");
+    r.num("duration", a.duration, "s");
+    r.int("size", a.size as u64, "B");
+
+    let sh = Arc::new(Shared {
+        url: a.target.ws_url(),
+        bearer: a.target.bearer(),
+        channel: channel.clone(),
+        subs: (0..a.subscribers).map(|_| SubStats::default()).collect(),
+        connect_sem: Semaphore::new(a.connect_concurrency.max(1)),
+        settled: AtomicUsize::new(0),
+        hist: (0..SHARDS)
+            .map(|_| Mutex::new(common::new_histogram()))
+            .collect(),
+        first_error: Mutex::new(None),
+        close_reasons: Mutex::new(Vec::new()),
+        source_ips: common::source_ips(a.source_ips),
+    });
+
+    // Ramp up.
+    let t0 = Instant::now();
+    let tasks: Vec<JoinHandle<()>> = (0..a.subscribers)
+        .map(|i| tokio::spawn(subscriber(i, sh.clone())))
+        .collect();
+    let deadline = t0 + Duration::from_secs_f64(a.connect_timeout);
+    let mut last_print = Instant::now();
+    while sh.settled.load(Ordering::Acquire) < a.subscribers && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if last_print.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "fanout: {}/{} subscribers settled after {:.1} s",
+                sh.settled.load(Ordering::Acquire),
+                a.subscribers,
+                t0.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+    }
+    let connect_secs = t0.elapsed().as_secs_f64();
+    let count = |s: u8| {
+        sh.subs
+            .iter()
+            .filter(|x| x.state.load(Ordering::Acquire) == s)
+            .count() as u64
+    };
+    let attached = count(ATTACHED);
+    let failed = count(FAILED) + count(CONNECTING);
+    r.num("connect_secs", connect_secs, "s");
+    r.num(
+        "connects_per_s",
+        attached as f64 / connect_secs.max(1e-9),
+        "conn/s",
+    );
+    r.int("attached", attached, "");
+    r.int("connect_failures", failed, "");
+    if failed > 0 {
+        r.problem(format!(
+            "{failed} subscribers did not attach; first error: {}",
+            sh.first_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default()
+        ));
+    }
+    if attached == 0 {
+        for t in &tasks {
+            t.abort();
+        }
+        return Ok(r);
+    }
+    // Let the last attaches' catch-up settle before publishing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let cpu = common::CpuMeter::start(a.pid.as_deref());
+    let t_pub = Instant::now();
+    let mut pub_target = a.target.clone();
+    if let Some(k) = &a.publisher_key {
+        pub_target.key = k.clone();
+    }
+    let outcome = match publish_paced(
+        &pub_target,
+        &channel,
+        a.rate,
+        a.duration,
+        a.size,
+        a.max_inflight,
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            for t in &tasks {
+                t.abort();
+            }
+            r.problem(format!("publisher failed: {e:#}"));
+            return Ok(r);
+        }
+    };
+    let acked = outcome.serials.len() as u64;
+    let final_serial = outcome.serials.iter().copied().max().unwrap_or(0);
+    let mut sorted = outcome.serials.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let ack_dups = acked - sorted.len() as u64;
+
+    // Drain: wait until every live subscriber has the last acked serial.
+    let t_drain = Instant::now();
+    let drain_deadline = t_drain + Duration::from_secs_f64(a.drain_timeout);
+    loop {
+        let pending = sh
+            .subs
+            .iter()
+            .filter(|s| {
+                s.state.load(Ordering::Acquire) == ATTACHED
+                    && s.last.load(Ordering::Acquire) < final_serial
+            })
+            .count();
+        if pending == 0 || Instant::now() >= drain_deadline {
+            if pending > 0 {
+                r.problem(format!(
+                    "{pending} subscribers still lacked serial {final_serial} after {:.0} s of drain",
+                    a.drain_timeout
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain_secs = t_drain.elapsed().as_secs_f64();
+    let window = t_pub.elapsed().as_secs_f64();
+    cpu.finish(&mut r);
+    for t in &tasks {
+        t.abort();
+    }
+
+    // Continuity per subscriber.
+    let mut delivered = 0u64;
+    let mut missing = 0u64;
+    let mut unexpected = 0u64;
+    let mut dups = 0u64;
+    let mut ooo = 0u64;
+    let mut incomplete_subs = 0u64;
+    for s in &sh.subs {
+        let state = s.state.load(Ordering::Acquire);
+        if state != ATTACHED && state != CLOSED {
+            continue;
+        }
+        let att = s.attach_serial.load(Ordering::Relaxed);
+        let expected = sorted.iter().filter(|&&x| x > att).count() as u64;
+        let got = s.received.load(Ordering::Relaxed);
+        delivered += got;
+        if got < expected {
+            missing += expected - got;
+            incomplete_subs += 1;
+        } else {
+            unexpected += got - expected;
+        }
+        dups += s.duplicates.load(Ordering::Relaxed);
+        ooo += s.out_of_order.load(Ordering::Relaxed);
+    }
+    let mut hist = common::new_histogram();
+    for h in &sh.hist {
+        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        hist.add(&*h).ok();
+    }
+    let closed = count(CLOSED);
+
+    r.int("published", outcome.sent, "msg");
+    r.int("acked", acked, "msg");
+    r.num(
+        "publish_rate_achieved",
+        outcome.sent as f64 / outcome.send_secs.max(1e-9),
+        "msg/s",
+    );
+    r.int("publish_stalls", outcome.stalls, "");
+    r.int("publish_errors", outcome.errors, "");
+    r.int("publish_order_inversions", outcome.order_inversions, "");
+    r.int("delivered", delivered, "msg");
+    r.int("expected_deliveries", acked * attached, "msg");
+    r.num(
+        "delivered_per_s",
+        delivered as f64 / window.max(1e-9),
+        "msg/s",
+    );
+    r.num("drain_secs", drain_secs, "s");
+    common::latency_figures(&mut r, "latency", &hist);
+    common::latency_figures(&mut r, "ack_latency", &outcome.ack_latency);
+    r.int("missing", missing, "msg");
+    r.int("subscribers_incomplete", incomplete_subs, "");
+    r.int("duplicates", dups, "msg");
+    r.int("out_of_order", ooo, "msg");
+    r.int("unexpected", unexpected, "msg");
+    r.int("disconnected", closed, "");
+
+    if let Some(e) = &outcome.first_error {
+        r.problem(e.clone());
+    }
+    if outcome.errors > 0 {
+        r.problem(format!(
+            "{} publishes answered with an error",
+            outcome.errors
+        ));
+    }
+    if acked + outcome.errors < outcome.sent {
+        r.problem(format!(
+            "{} publishes never answered",
+            outcome.sent - acked - outcome.errors
+        ));
+    }
+    if ack_dups > 0 {
+        r.problem(format!(
+            "{ack_dups} acks repeated a serial of another publish"
+        ));
+    }
+    if missing > 0 {
+        r.problem(format!(
+            "{missing} messages missing across {incomplete_subs} subscribers"
+        ));
+    }
+    if dups > 0 {
+        r.problem(format!("{dups} duplicate deliveries"));
+    }
+    if ooo > 0 {
+        r.problem(format!("{ooo} out-of-order deliveries"));
+    }
+    if closed > 0 {
+        let reasons = sh.close_reasons.lock().unwrap_or_else(|p| p.into_inner());
+        r.problem(format!(
+            "{closed} subscribers were disconnected, e.g. {}",
+            reasons.first().cloned().unwrap_or_default()
+        ));
+    }
+    Ok(r)
+}
