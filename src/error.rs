@@ -47,7 +47,9 @@ impl ApiError {
             | ErrorCode::InvalidChannel
             | ErrorCode::InvalidMessage
             | ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::MessageTooLarge | ErrorCode::RequestTooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::TooManyConnections | ErrorCode::TooManyChannels | ErrorCode::RateLimited => {

@@ -125,6 +125,18 @@ async fn rest_bad_requests_get_codes() {
     .await;
     let big = json!({"data": "x".repeat(5000)}).to_string();
     check(post("c", &big).await.unwrap(), 413, "message_too_large").await;
+    // A body beyond what the server reads at all (4 KiB x 2 x 1000 batch = 8 MB; floor 1 MiB).
+    // (Its own client: the server closes a connection whose body it refused to read.)
+    let huge = json!([{"data": "x".repeat(9 << 20)}]).to_string();
+    let resp = reqwest::Client::new()
+        .post(url("c"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    check(resp, 413, "request_too_large").await;
     let history = |q: &str| http.get(format!("{}{q}", url("c"))).bearer_auth(KEY).send();
     check(history("?after=-1").await.unwrap(), 400, "invalid_request").await;
     check(history("?limit=0").await.unwrap(), 400, "invalid_request").await;

@@ -418,3 +418,19 @@ async fn websocket_renews_in_band_and_closes_on_expiry() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_verify_by_kid() {
+    let t = TestServer::start_with(|c| c.auth.jwks_file = Some(fixture("jwks.json"))).await;
+    let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let claims = claims(json!({"*": ["history"]}), 60);
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("jwks-rsa".into());
+    let token = encode(&header, &claims, &key).unwrap();
+    assert_eq!(try_history(&t, &token, "a").await.0, 200);
+    // A kid the JWKS does not hold is refused.
+    header.kid = Some("someone-else".into());
+    let token = encode(&header, &claims, &key).unwrap();
+    assert_eq!(try_history(&t, &token, "a").await.0, 401);
+}

@@ -295,6 +295,8 @@ pub enum ErrorCode {
     UnknownFrameType,
     /// A message (data + headers + name + id) is larger than the configured limit.
     MessageTooLarge,
+    /// A request body is larger than the server reads (messages × batch limit).
+    RequestTooLarge,
     /// The channel name breaks the naming rules.
     InvalidChannel,
     /// A message field is invalid (no `name` nor `data`, `headers` not an object, id too long).
@@ -334,6 +336,7 @@ impl ErrorCode {
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::UnknownFrameType => "unknown_frame_type",
             ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::InvalidChannel => "invalid_channel",
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::Unauthorized => "unauthorized",

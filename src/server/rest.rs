@@ -35,11 +35,18 @@ pub(super) async fn publish(
     publish::authorize(&principal, Operation::Publish, &channel)?;
     let body = body.map_err(|e| {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::MessageTooLarge
+            ErrorCode::RequestTooLarge
         } else {
             ErrorCode::MalformedFrame
         };
-        ApiError::new(code, format!("cannot read the request body: {e}")).on(channel.as_str())
+        state.metrics.error(code);
+        ApiError::new(
+            code,
+            format!(
+                "cannot read the request body ({e}); send fewer or smaller messages per request"
+            ),
+        )
+        .on(channel.as_str())
     })?;
     let malformed = |e: serde_json::Error| {
         ApiError::new(
