@@ -154,8 +154,9 @@ impl Error {
     /// Read an error object, known code or not.
     pub(crate) fn from_error_value(value: serde_json::Value) -> Option<Error> {
         match serde_json::from_value::<ErrorBody>(value.clone()) {
-            Ok(body) => Some(Error::from_body(body)),
-            Err(_) => {
+            // A code this version does not know parses as `Unknown`; keep its text instead.
+            Ok(body) if body.code != ErrorCode::Unknown => Some(Error::from_body(body)),
+            _ => {
                 let code = value.get("code")?.as_str()?.to_owned();
                 let message = value
                     .get("message")
