@@ -3,6 +3,7 @@ export type ServerErrorCode =
   | 'malformed_frame'
   | 'unknown_frame_type'
   | 'message_too_large'
+  | 'request_too_large'
   | 'invalid_channel'
   | 'invalid_message'
   | 'invalid_request'

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { indexedDB } from 'fake-indexeddb';
 import { TidingsClient, indexedDBStorage, memoryStorage, webStorage } from '../dist/index.js';
-import { KEY, publish, sleep, startProxy, startTidings, waitFor } from './harness.mjs';
+import { KEY, publish, sleep, startProxy, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -25,7 +25,7 @@ for (const transport of ['websocket', 'sse', 'poll']) {
   test(`${transport}: a stale epoch is reported as continuity lost (epoch_changed), then delivery continues`, async () => {
     const channel = `cl:stale:${transport}`;
     await publish(server.base, channel, [{ data: 1 }, { data: 2 }, { data: 3 }]);
-    const client = new TidingsClient({ url: server.base, key: KEY, transports: [transport], pollWaitMs: 1000 });
+    const client = track(new TidingsClient({ url: server.base, key: KEY, transports: [transport], pollWaitMs: 1000 }));
     const lost = [];
     client.on('continuity_lost', (e) => lost.push(['client', e]));
     const sub = client.attach(channel, { from: { epoch: 'stale-epoch', serial: 2 } });
@@ -46,9 +46,9 @@ for (const transport of ['websocket', 'sse', 'poll']) {
 
   test(`${transport}: history reset behind the same address (new epoch) is reported on reconnect`, async () => {
     const channel = `cl:reset:${transport}`;
-    const first = await startTidings();
-    const proxy = await startProxy(first.addr);
-    const client = new TidingsClient({ url: proxy.base, key: KEY, transports: [transport], backoff: { initialMs: 20, maxMs: 100 }, pollWaitMs: 1000 });
+    const first = track(await startTidings());
+    const proxy = track(await startProxy(first.addr));
+    const client = track(new TidingsClient({ url: proxy.base, key: KEY, transports: [transport], backoff: { initialMs: 20, maxMs: 100 }, pollWaitMs: 1000 }));
     const lost = [];
     client.on('continuity_lost', (e) => lost.push(e));
     const got = [];
@@ -59,7 +59,7 @@ for (const transport of ['websocket', 'sse', 'poll']) {
     await waitFor(() => got.length === 2, 5000, 'two messages');
     const oldEpoch = sub.position.epoch;
     // The data directory is gone: a new server (new history, new epoch) takes the address.
-    const second = await startTidings();
+    const second = track(await startTidings());
     proxy.retarget(second.addr);
     await first.stop();
     proxy.cut();
@@ -80,7 +80,7 @@ test('a position beyond the head is reported (position_ahead)', async () => {
   const channel = 'cl:ahead';
   await publish(server.base, channel, [{ data: 1 }]);
   const epoch = await epochOf(channel);
-  const client = new TidingsClient({ url: server.base, key: KEY });
+  const client = track(new TidingsClient({ url: server.base, key: KEY }));
   const sub = client.attach(channel, { from: { epoch, serial: 1000 } });
   const lost = await new Promise((r) => sub.on('continuity_lost', r));
   assert.equal(lost.reason, 'position_ahead');
@@ -89,14 +89,14 @@ test('a position beyond the head is reported (position_ahead)', async () => {
 });
 
 test('history expired under retention is reported (history_expired)', async () => {
-  const small = await startTidings(['--retention-max-messages', '2', '--retention-interval', '100ms']);
+  const small = track(await startTidings(['--retention-max-messages', '2', '--retention-interval', '100ms']));
   const channel = 'cl:expired';
   await publish(small.base, channel, [{ data: 1 }]);
   const r = await fetch(`${small.base}/v1/channels/${channel}/messages`, { headers: { authorization: `Bearer ${KEY}` } });
   const epoch = (await r.json()).epoch;
   await publish(small.base, channel, [2, 3, 4, 5, 6].map((d) => ({ data: d })));
   await sleep(500); // retention runs
-  const client = new TidingsClient({ url: small.base, key: KEY });
+  const client = track(new TidingsClient({ url: small.base, key: KEY }));
   const sub = client.attach(channel, { from: { epoch, serial: 1 } });
   const lost = await new Promise((r) => sub.on('continuity_lost', r));
   assert.equal(lost.reason, 'history_expired');
@@ -121,7 +121,7 @@ for (const [name, make] of Object.entries(storages)) {
   test(`stored positions (${name}): a new client resumes after the last message the previous one processed`, async () => {
     const storage = make();
     const channel = `cl:store:${name.split(' ')[0].toLowerCase()}`;
-    const a = new TidingsClient({ url: server.base, key: KEY, storage });
+    const a = track(new TidingsClient({ url: server.base, key: KEY, storage }));
     const gotA = [];
     const subA = a.attach(channel);
     subA.on('message', (m) => gotA.push(m.data));
@@ -131,7 +131,7 @@ for (const [name, make] of Object.entries(storages)) {
     await a.close(); // stores the positions
     await publish(server.base, channel, [4, 5].map((d) => ({ data: d })));
     assert.deepEqual(JSON.parse(await storage.get(`tidings:${channel}`)), { epoch: subA.position.epoch, serial: 3 });
-    const b = new TidingsClient({ url: server.base, key: KEY, storage });
+    const b = track(new TidingsClient({ url: server.base, key: KEY, storage }));
     const gotB = [];
     b.attach(channel).on('message', (m) => gotB.push(m.data));
     await waitFor(() => gotB.length === 2, 5000, 'the two missed messages');

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { TidingsClient } from '../dist/index.js';
-import { KEY, publish, sleep, startProxy, startTidings, waitFor } from './harness.mjs';
+import { KEY, publish, sleep, startProxy, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -16,13 +16,15 @@ after(async () => {
 
 /** Publish `total` messages per channel in small batches while cutting the proxy `cuts`+ times. */
 async function dropRun(transport, { total, cuts, channels }) {
-  const proxy = await startProxy(server.addr);
-  const client = new TidingsClient({
-    url: proxy.base,
-    key: KEY,
-    transports: [transport],
-    backoff: { initialMs: 20, maxMs: 200 },
-  });
+  const proxy = track(await startProxy(server.addr));
+  const client = track(
+    new TidingsClient({
+      url: proxy.base,
+      key: KEY,
+      transports: [transport],
+      backoff: { initialMs: 20, maxMs: 200 },
+    }),
+  );
   const got = Object.fromEntries(channels.map((c) => [c, []]));
   const serials = Object.fromEntries(channels.map((c) => [c, []]));
   let connects = 0;
@@ -86,8 +88,8 @@ test('long-polling: every message exactly once, in order, across 20+ random cuts
 });
 
 test('publishes over a WebSocket that is cut land exactly once (generated ids, resent on reconnect)', async () => {
-  const proxy = await startProxy(server.addr);
-  const client = new TidingsClient({ url: proxy.base, key: KEY, transports: ['websocket'], backoff: { initialMs: 20, maxMs: 200 } });
+  const proxy = track(await startProxy(server.addr));
+  const client = track(new TidingsClient({ url: proxy.base, key: KEY, transports: ['websocket'], backoff: { initialMs: 20, maxMs: 200 } }));
   client.connect();
   await waitFor(() => client.state === 'connected', 5000, 'connected');
   let cutting = true;

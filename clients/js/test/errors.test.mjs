@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { TidingsClient, TidingsError, checkChannel } from '../dist/index.js';
-import { KEY, issueToken, startTidings, waitFor } from './harness.mjs';
+import { KEY, issueToken, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -18,7 +18,7 @@ after(async () => {
 const code = (c) => (e) => e instanceof TidingsError && e.code === c;
 
 test('invalid channel names are refused before anything is sent', () => {
-  const client = new TidingsClient({ url: server.base, key: KEY, autoConnect: false });
+  const client = track(new TidingsClient({ url: server.base, key: KEY, autoConnect: false }));
   for (const name of ['', 'a::b', ':a', 'a:', 'has space', 'ünïcode', 'a,b', 'x'.repeat(256), 42, undefined]) {
     assert.throws(() => client.attach(name), code('invalid_channel'), `attach(${JSON.stringify(name)})`);
     assert.throws(() => client.publish(name, { data: 1 }), code('invalid_channel'));
@@ -39,7 +39,7 @@ test('invalid options are refused with invalid_options and a message that says w
   for (const [options, message] of bad) {
     assert.throws(() => new TidingsClient(options), (e) => code('invalid_options')(e) && message.test(e.message), JSON.stringify(options));
   }
-  const client = new TidingsClient({ url: server.base, key: KEY, autoConnect: false });
+  const client = track(new TidingsClient({ url: server.base, key: KEY, autoConnect: false }));
   assert.throws(() => client.attach('a', { from: { epoch: 'e', serial: 1 }, rewind: 2 }), code('invalid_options'));
   assert.throws(() => client.attach('a', { from: { epoch: 'e', serial: -1 } }), code('invalid_options'));
   assert.throws(() => client.attach('a', { rewind: 1.5 }), code('invalid_options'));
@@ -50,7 +50,7 @@ test('invalid options are refused with invalid_options and a message that says w
 });
 
 test('a wrong API key fails the client with unauthorized (after falling back to a transport that can read the answer)', async () => {
-  const client = new TidingsClient({ url: server.base, key: 'sdk:wrong-secret' });
+  const client = track(new TidingsClient({ url: server.base, key: 'sdk:wrong-secret' }));
   const errors = [];
   client.on('error', (e) => errors.push(e));
   client.attach('err:auth');
@@ -64,7 +64,7 @@ test('a wrong API key fails the client with unauthorized (after falling back to 
 for (const transport of ['websocket', 'sse', 'poll']) {
   test(`${transport}: a channel the token may not subscribe to gets a forbidden error; the others keep working`, async () => {
     const getToken = async () => (await issueToken(server.base, { subject: `caps-${transport}`, caps: { 'ok:*': ['subscribe', 'publish'] } })).token;
-    const client = new TidingsClient({ url: server.base, getToken, transports: [transport], pollWaitMs: 1000 });
+    const client = track(new TidingsClient({ url: server.base, getToken, transports: [transport], pollWaitMs: 1000 }));
     const denied = client.attach(`no:${transport}`);
     const error = new Promise((r) => denied.on('error', r));
     const detached = new Promise((r) => denied.on('detached', r));
@@ -87,14 +87,14 @@ for (const transport of ['websocket', 'sse', 'poll']) {
 
 test('publish errors carry the protocol code: message_too_large over WebSocket and REST', async () => {
   for (const transport of ['websocket', 'poll']) {
-    const client = new TidingsClient({ url: server.base, key: KEY, transports: [transport] });
+    const client = track(new TidingsClient({ url: server.base, key: KEY, transports: [transport] }));
     client.attach('err:size');
     await waitFor(() => client.state === 'connected', 5000, 'connected');
     await assert.rejects(client.publish('err:size', { data: 'x'.repeat(2000) }), code('message_too_large'), transport);
     await client.close();
   }
   // Without any connection, publish goes over REST.
-  const rest = new TidingsClient({ url: server.base, key: KEY });
+  const rest = track(new TidingsClient({ url: server.base, key: KEY }));
   await assert.rejects(rest.publish('err:size', { data: 'x'.repeat(2000) }), code('message_too_large'));
   const r = await rest.publish('err:size', { data: 'small', id: 'fixed-id' });
   const again = await rest.publish('err:size', { data: 'small', id: 'fixed-id' });
@@ -113,8 +113,8 @@ test('every error code of docs/protocol.md is in the SDK error type', () => {
 });
 
 test('without credentials: public namespaces can be read, other channels are forbidden', async () => {
-  const open = await startTidings(['--public-namespace', 'pub']);
-  const client = new TidingsClient({ url: open.base });
+  const open = track(await startTidings(['--public-namespace', 'pub']));
+  const client = track(new TidingsClient({ url: open.base }));
   const sub = client.attach('pub:news', { rewind: 5 });
   const got = [];
   sub.on('message', (m) => got.push(m.data));

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { TidingsClient } from '../dist/index.js';
-import { KEY, publish, sleep, startProxy, startTidings, waitFor } from './harness.mjs';
+import { KEY, publish, sleep, startProxy, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -16,9 +16,9 @@ after(async () => {
 });
 
 async function fallbackRun(block, expected, channel) {
-  const proxy = await startProxy(server.addr);
+  const proxy = track(await startProxy(server.addr));
   proxy.block(block);
-  const client = new TidingsClient({ url: proxy.base, key: KEY, backoff: { initialMs: 20, maxMs: 200 }, pollWaitMs: 2000 });
+  const client = track(new TidingsClient({ url: proxy.base, key: KEY, backoff: { initialMs: 20, maxMs: 200 }, pollWaitMs: 2000 }));
   const tried = [];
   client.on('state', (s) => s.state === 'connecting' && s.transport && tried.push(s.transport));
   const got = [];
@@ -54,7 +54,7 @@ test('WebSocket and SSE refused: falls back to long-polling', async () => {
 });
 
 test('a custom order is followed (poll first)', async () => {
-  const client = new TidingsClient({ url: server.base, key: KEY, transports: ['poll', 'websocket'] });
+  const client = track(new TidingsClient({ url: server.base, key: KEY, transports: ['poll', 'websocket'] }));
   const sub = client.attach('fb:order');
   await waitFor(() => sub.position, 5000, 'attached');
   assert.equal(client.transport, 'poll');
@@ -66,7 +66,7 @@ test('time from connect() to the first message on loopback (WebSocket, SSE, long
     const channel = `fb:first:${transport}`;
     await publish(server.base, channel, [{ data: 'first' }]);
     const t0 = performance.now();
-    const client = new TidingsClient({ url: server.base, key: KEY, transports: [transport] });
+    const client = track(new TidingsClient({ url: server.base, key: KEY, transports: [transport] }));
     const first = new Promise((r) => client.attach(channel, { rewind: 1 }).on('message', r));
     const m = await first;
     const ms = performance.now() - t0;

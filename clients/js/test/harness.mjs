@@ -7,6 +7,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import { afterEach } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -165,6 +166,21 @@ export async function waitFor(fn, ms, what) {
     await sleep(20);
   }
 }
+
+const tracked = [];
+
+/**
+ * Close `x` (a client, proxy or server: anything with `close()` or `stop()`) after the current
+ * test, even when it fails: a client left running keeps retrying and the test file never exits.
+ */
+export function track(x) {
+  tracked.push(x);
+  return x;
+}
+
+afterEach(async () => {
+  for (const x of tracked.splice(0).reverse()) await (x.close ?? x.stop).call(x);
+});
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

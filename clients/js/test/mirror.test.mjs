@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Mirror, TidingsClient } from '../dist/index.js';
-import { KEY, publish, startProxy, startTidings, waitFor } from './harness.mjs';
+import { KEY, publish, startProxy, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -43,8 +43,8 @@ function database(initial) {
 const sorted = (docs) => [...docs].sort((a, b) => a._id - b._id);
 
 test('the mirror loads with sync(), applies insert/update/replace/delete, and resyncs on continuity lost', async () => {
-  const first = await startTidings();
-  const proxy = await startProxy(first.addr);
+  const first = track(await startTidings());
+  const proxy = track(await startProxy(first.addr));
   let target = first;
   const channel = 'products:1';
   const db = database([
@@ -54,7 +54,7 @@ test('the mirror loads with sync(), applies insert/update/replace/delete, and re
   ]);
   const write = (op, id, arg) => publish(target.base, channel, [{ name: op, data: db.change(op, id, arg) }]);
 
-  const client = new TidingsClient({ url: proxy.base, key: KEY, backoff: { initialMs: 20, maxMs: 100 } });
+  const client = track(new TidingsClient({ url: proxy.base, key: KEY, backoff: { initialMs: 20, maxMs: 100 } }));
   const syncs = [];
   const mirror = new Mirror(client, channel, {
     sync: async (req) => {
@@ -82,7 +82,7 @@ test('the mirror loads with sync(), applies insert/update/replace/delete, and re
   assert.equal(before.serial, 5);
 
   // The server's history is reset while a write happens that no message will ever carry.
-  const second = await startTidings();
+  const second = track(await startTidings());
   proxy.retarget(second.addr);
   await first.stop();
   db.change('update', 1, { document: { _id: 1, name: 'apple', qty: 100 } });
@@ -116,7 +116,7 @@ test('sync() answering an older position: the mirror re-attaches after it and ap
   await write('insert', 2, { document: { _id: 2, name: 'b', qty: 1 } });
   await write('update', 1, { document: { _id: 1, name: 'a', qty: 3 } });
   // The app's snapshot is as of serial 1; the channel is at 3.
-  const client = new TidingsClient({ url: server.base, key: KEY });
+  const client = track(new TidingsClient({ url: server.base, key: KEY }));
   const syncs = [];
   const mirror = new Mirror(client, channel, {
     sync: (req) => {
@@ -134,7 +134,7 @@ test('sync() answering an older position: the mirror re-attaches after it and ap
 
 test('a sync() that throws is retried, and the error reported', async () => {
   const channel = 'products:3';
-  const client = new TidingsClient({ url: server.base, key: KEY });
+  const client = track(new TidingsClient({ url: server.base, key: KEY }));
   let calls = 0;
   const mirror = new Mirror(client, channel, {
     sync: (req) => {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { TidingsClient } from '../dist/index.js';
-import { issueToken, publish, sleep, startTidings, waitFor } from './harness.mjs';
+import { issueToken, publish, sleep, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -38,7 +38,7 @@ async function trickle(channel, ms) {
 
 test('WebSocket: the connection survives past the first token, renewed in-band with `auth`', async () => {
   const { calls, getToken } = tokens('2s');
-  const client = new TidingsClient({ url: server.base, getToken, transports: ['websocket'] });
+  const client = track(new TidingsClient({ url: server.base, getToken, transports: ['websocket'] }));
   const states = [];
   client.on('state', (s) => states.push(s.state));
   const errors = [];
@@ -63,7 +63,7 @@ test('WebSocket: the connection survives past the first token, renewed in-band w
 test('WebSocket: without renewal in time the server closes with 4001; the client fetches a token, reconnects and resumes', async () => {
   const { calls, getToken } = tokens('1s');
   // Renew only after the token expired: the server closes with 4001 first.
-  const client = new TidingsClient({ url: server.base, getToken, transports: ['websocket'], renewBeforeMs: -60_000 });
+  const client = track(new TidingsClient({ url: server.base, getToken, transports: ['websocket'], renewBeforeMs: -60_000 }));
   const closes = [];
   client.on('state', (s) => s.error && closes.push(s.error.message));
   const got = [];
@@ -80,7 +80,7 @@ test('WebSocket: without renewal in time the server closes with 4001; the client
 
 test('SSE: the stream outlives its token (renewed by reconnecting with a fresh one)', async () => {
   const { calls, getToken } = tokens('2s');
-  const client = new TidingsClient({ url: server.base, getToken, transports: ['sse'] });
+  const client = track(new TidingsClient({ url: server.base, getToken, transports: ['sse'] }));
   const got = [];
   const sub = client.attach('tok:sse');
   sub.on('message', (m) => got.push(m.data.i));
@@ -95,7 +95,7 @@ test('SSE: the stream outlives its token (renewed by reconnecting with a fresh o
 
 test('long-polling: requests keep working past the first token', async () => {
   const { calls, getToken } = tokens('2s');
-  const client = new TidingsClient({ url: server.base, getToken, transports: ['poll'], pollWaitMs: 1000 });
+  const client = track(new TidingsClient({ url: server.base, getToken, transports: ['poll'], pollWaitMs: 1000 }));
   const got = [];
   const sub = client.attach('tok:poll');
   sub.on('message', (m) => got.push(m.data.i));
@@ -109,7 +109,7 @@ test('long-polling: requests keep working past the first token', async () => {
 
 test('a static token that expires fails the client with token_expired (nothing can renew it)', async () => {
   const t = await issueToken(server.base, { subject: 'device-2', ttl: '1s' });
-  const client = new TidingsClient({ url: server.base, token: t.token, transports: ['websocket'] });
+  const client = track(new TidingsClient({ url: server.base, token: t.token, transports: ['websocket'] }));
   const errors = [];
   client.on('error', (e) => errors.push(e));
   client.attach('tok:static');
@@ -121,7 +121,7 @@ test('a static token that expires fails the client with token_expired (nothing c
 test("SSE: a stream ended by the server's token_expired event resumes with a fresh token", async () => {
   const { calls, getToken } = tokens('1s');
   // Renew only after expiry, so the server's `error` event with token_expired ends the stream first.
-  const client = new TidingsClient({ url: server.base, getToken, transports: ['sse'], renewBeforeMs: -60_000 });
+  const client = track(new TidingsClient({ url: server.base, getToken, transports: ['sse'], renewBeforeMs: -60_000 }));
   const closes = [];
   client.on('state', (s) => s.error && closes.push(s.error.code));
   const got = [];
