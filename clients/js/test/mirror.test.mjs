@@ -82,10 +82,10 @@ test('the mirror loads with sync(), applies insert/update/replace/delete, and re
   assert.equal(before.serial, 5);
 
   // The server's history is reset while a write happens that no message will ever carry.
+  db.change('update', 1, { document: { _id: 1, name: 'apple', qty: 100 } });
   const second = track(await startTidings());
   proxy.retarget(second.addr);
   await first.stop();
-  db.change('update', 1, { document: { _id: 1, name: 'apple', qty: 100 } });
   target = second;
   proxy.cut();
   await waitFor(() => syncs.length === 2, 10_000, 'a second sync');
