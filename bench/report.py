@@ -34,6 +34,10 @@ SHOWN = {
         ("duplicates", "duplicates", "msg"),
         ("out_of_order", "out of order", "msg"),
         ("disconnected", "subscribers disconnected", ""),
+        ("continuity_lost", "re-attaches with resumed: false", ""),
+        ("polls_per_s", "long-poll answers per second", "req/s"),
+        ("messages_per_poll", "messages per long-poll answer", "msg"),
+        ("poll_reconnects", "long-polls repeated on a new connection", ""),
     ],
     "publish": [
         ("acked_per_s", "acknowledged (durable) messages per second", "msg/s"),
@@ -67,6 +71,15 @@ DESCRIPTION = {
     "fanout": "N WebSocket subscribers attached to one channel; one WebSocket publisher sends "
     "at a fixed rate, each message stamped with its send instant; every subscriber checks "
     "serials (missing, duplicate, out of order) and records publish-to-receive latency.",
+    "fanout-sse": "N Server-Sent Events subscribers (`GET /v1/sse?channel=C`, one streaming "
+    "response each, read over a raw HTTP/1.1 connection) on one channel; one WebSocket publisher "
+    "sends at a fixed rate, each message stamped with its send instant; every subscriber checks "
+    "serials (missing, duplicate, out of order) and records publish-to-receive latency.",
+    "fanout-poll": "N long-polling subscribers on one channel, each looping on "
+    "`GET /v1/poll?channel=C&from=NEXT&wait=25s` over its own keep-alive connection (the first "
+    "poll, without `from`, answers at once with the position); one WebSocket publisher sends at "
+    "a fixed rate, each message stamped with its send instant; every subscriber checks serials "
+    "(missing, duplicate, out of order) and records publish-to-receive latency.",
     "publish": "C concurrent REST publishers (`POST /v1/channels/{c}/messages`, one 100-byte "
     "message per request, keep-alive), each waiting for its 201 before the next request; "
     "a 201 means the message is durable.",
@@ -104,6 +117,45 @@ def fmt(v):
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def median_of(results, key):
+    vals = [r[key] for r in results if isinstance(r.get(key), (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def compare_with_websocket(name, runs, rows):
+    """For `X-sse` / `X-poll`, a line comparing with the WebSocket scenario `X` (same size and
+    rate), and the ratio as a JSON row."""
+    m = re.match(r"^(fanout-.+)-(sse|poll)$", name)
+    if not m or not runs.get(m.group(1)) or not runs.get(name):
+        return None
+    base, transport = m.group(1), m.group(2)
+    ws, other = runs[base], runs[name]
+    d_ws, d_o = median_of(ws, "delivered_per_s"), median_of(other, "delivered_per_s")
+    if not d_ws or d_o is None:
+        return None
+    ratio = d_o / d_ws
+    rows.append(
+        {
+            "scenario": name,
+            "system": "tidings",
+            "metric": "delivered_per_s_ratio_to_websocket",
+            "median": round(ratio, 4),
+            "min": round(ratio, 4),
+            "max": round(ratio, 4),
+        }
+    )
+    label = {"sse": "SSE", "poll": "long-poll"}[transport]
+    parts = [
+        f"**{label} against WebSocket (`{base}`, medians):** delivered msg/s "
+        f"{fmt(d_o)} vs {fmt(d_ws)} = {ratio:.1%} of WebSocket"
+    ]
+    for key, lbl in (("latency_p50_ms", "p50"), ("latency_p99_ms", "p99")):
+        a, b = median_of(other, key), median_of(ws, key)
+        if a is not None and b is not None:
+            parts.append(f"latency {lbl} {fmt(a)} ms vs {fmt(b)} ms")
+    return "; ".join(parts) + "."
 
 
 def main():
@@ -177,8 +229,10 @@ def main():
         results = runs[name]
         kind = results[0].get("scenario") if results else name.split("-")[0]
         md.append(f"## {name}\n")
-        if kind in DESCRIPTION:
-            md.append(DESCRIPTION[kind] + "\n")
+        transport = results[0].get("transport", "websocket") if results else "websocket"
+        desc = f"{kind}-{transport}" if f"{kind}-{transport}" in DESCRIPTION else kind
+        if desc in DESCRIPTION:
+            md.append(DESCRIPTION[desc] + "\n")
         md.append(f"Command per run: `{commands[name]}`\n")
         if not results:
             md.append("No run produced a result.\n")
@@ -196,6 +250,9 @@ def main():
                 u = f" {unit}" if unit else ""
                 md.append(f"| {label} | {fmt(med)}{u} | {fmt(lo)}{u} | {fmt(hi)}{u} |")
             md.append("")
+            line = compare_with_websocket(name, runs, rows)
+            if line:
+                md.append(line + "\n")
             # Every numeric figure goes to the JSON, not just the ones in the table.
             keys = []
             for r in results:

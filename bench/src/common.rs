@@ -102,6 +102,28 @@ impl Target {
         self.http.trim_end_matches('/').to_string()
     }
 
+    /// Host and port of the HTTP base (plain `http://` only), for hand-written requests.
+    pub fn http_host_port(&self) -> Result<(String, u16)> {
+        let base = self.http_base();
+        let Some(rest) = base.strip_prefix("http://") else {
+            bail!("SSE and long-poll subscribers need an http:// base URL, not {base}");
+        };
+        let authority = rest.split('/').next().unwrap_or(rest);
+        // `host:port`, `[v6]:port`, or a bare host (port 80).
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                (h, p.parse::<u16>().context("port of --http")?)
+            }
+            _ => (authority, 80),
+        };
+        Ok((
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+        ))
+    }
+
     /// URL of a channel's messages resource.
     pub fn messages_url(&self, channel: &str) -> String {
         format!("{}/v1/channels/{channel}/messages", self.http_base())
@@ -118,6 +140,32 @@ pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
+}
+
+/// Open a TCP connection with TCP_NODELAY, optionally from a given local address.
+pub async fn tcp_connect(
+    host: &str,
+    port: u16,
+    local_ip: Option<std::net::IpAddr>,
+) -> Result<TcpStream> {
+    let stream = match local_ip {
+        None => TcpStream::connect((host, port)).await?,
+        Some(ip) => {
+            let addr = tokio::net::lookup_host((host, port))
+                .await?
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| anyhow!("cannot resolve {host}"))?;
+            let sock = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Open a WebSocket to the server (one attempt), with TCP_NODELAY, optionally from a given local
@@ -138,23 +186,7 @@ pub async fn ws_connect_once(
         .trim_end_matches(']')
         .to_string();
     let port = req.uri().port_u16().unwrap_or(80);
-    let stream = match local_ip {
-        None => TcpStream::connect((host.as_str(), port)).await?,
-        Some(ip) => {
-            let addr = tokio::net::lookup_host((host.as_str(), port))
-                .await?
-                .find(|a| a.is_ipv4() == ip.is_ipv4())
-                .ok_or_else(|| anyhow!("cannot resolve {host}"))?;
-            let sock = if ip.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            sock.bind(std::net::SocketAddr::new(ip, 0))?;
-            sock.connect(addr).await?
-        }
-    };
-    stream.set_nodelay(true)?;
+    let stream = tcp_connect(&host, port, local_ip).await?;
     let (ws, _resp) =
         tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config())).await?;
     Ok(ws)

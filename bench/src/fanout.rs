@@ -1,11 +1,11 @@
-//! `fanout`: N WebSocket subscribers on one channel, one paced publisher, publish-to-receive
-//! latency and per-subscriber continuity checks.
+//! `fanout`: N subscribers on one channel (WebSocket, SSE or long-poll), one paced WebSocket
+//! publisher, publish-to-receive latency and per-subscriber continuity checks.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tidings_protocol::ServerFrame;
@@ -14,15 +14,40 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{self, Report, Target, STAMP};
+use crate::http;
+
+/// How the subscribers receive (the publisher always uses WebSocket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// `/v1/connect`, one `attach` per socket.
+    Websocket,
+    /// `GET /v1/sse?channel=C`, one streaming response per subscriber.
+    Sse,
+    /// `GET /v1/poll?channel=C&from=NEXT&wait=25s` in a loop on a keep-alive connection.
+    Poll,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Websocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+}
 
 /// Arguments of `fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
     #[command(flatten)]
     pub target: Target,
-    /// WebSocket subscribers to open, all attached to the channel.
+    /// Subscribers to open, all attached to the channel.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// How the subscribers receive; the publisher always uses WebSocket.
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    pub transport: Transport,
     /// Messages per second the publisher sends.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -73,6 +98,11 @@ struct SubStats {
     received: AtomicU64,
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
+    /// Long-poll answers received, and connections reopened after a failed poll.
+    polls: AtomicU64,
+    reconnects: AtomicU64,
+    /// `attached` with `resumed: false` after the first attach (SSE re-attach, poll answer).
+    continuity_lost: AtomicU64,
 }
 
 const SHARDS: usize = 8;
@@ -80,17 +110,32 @@ const SHARDS: usize = 8;
 struct Shared {
     url: String,
     bearer: String,
+    transport: Transport,
+    /// For SSE and long-poll: where to connect, the `Host` header, and the request headers.
+    host: String,
+    port: u16,
+    host_header: String,
+    req_headers: String,
     channel: String,
     subs: Vec<SubStats>,
     connect_sem: Semaphore,
     settled: AtomicUsize,
     hist: Vec<Mutex<Histogram<u64>>>,
     first_error: Mutex<Option<String>>,
+    /// The first duplicate or out-of-order delivery, with what is known around it.
+    first_anomaly: Mutex<Option<String>>,
     close_reasons: Mutex<Vec<String>>,
     source_ips: Vec<std::net::IpAddr>,
 }
 
 impl Shared {
+    fn note_anomaly(&self, describe: impl FnOnce() -> String) {
+        let mut g = self.first_anomaly.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(describe());
+        }
+    }
+
     fn note_error(&self, e: String) {
         let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
@@ -99,9 +144,352 @@ impl Shared {
     }
 }
 
+/// Account one message's text (a WebSocket frame, an SSE event, one frame of a poll answer):
+/// latency from its stamp, and continuity from its serial. Answers the serial, or None when
+/// `s` is not a benchmark message (no stamp, or no serial).
+fn on_message(
+    sh: &Shared,
+    st: &SubStats,
+    h: &mut Histogram<u64>,
+    last: &mut u64,
+    s: &str,
+    now: u64,
+) -> Option<u64> {
+    let sent = common::find_u64(s, STAMP)?;
+    let serial = common::find_u64(s, "\"serial\":");
+    common::record_ns(h, now.saturating_sub(sent));
+    match serial {
+        Some(n) if n > *last => {
+            *last = n;
+            st.last.store(n, Ordering::Release);
+            st.received.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(n) if n == *last => {
+            st.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(_) => {
+            st.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        None => sh.note_error(format!("message without serial: {s}")),
+    }
+    serial
+}
+
+/// Mark a subscriber attached (or failed) and count it as settled.
+fn settle(sh: &Shared, st: &SubStats, i: usize, opened: Result<u64>) -> Option<u64> {
+    let r = match opened {
+        Ok(serial) => {
+            st.attach_serial.store(serial, Ordering::Relaxed);
+            st.last.store(serial, Ordering::Relaxed);
+            st.state.store(ATTACHED, Ordering::Release);
+            Some(serial)
+        }
+        Err(e) => {
+            sh.note_error(format!("subscriber {i}: {e:#}"));
+            st.state.store(FAILED, Ordering::Release);
+            None
+        }
+    };
+    sh.settled.fetch_add(1, Ordering::AcqRel);
+    r
+}
+
+fn mark_closed(sh: &Shared, st: &SubStats, i: usize, reason: String) {
+    st.state.store(CLOSED, Ordering::Release);
+    sh.close_reasons
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("subscriber {i}: {reason}"));
+}
+
+/// Retry `f` with backoff (an overloaded accept queue refuses or resets), 20 s per attempt.
+async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut last_err = None;
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        match tokio::time::timeout(Duration::from_secs(20), f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => last_err = Some(anyhow!("timed out")),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow!("failed")))
+}
+
 async fn subscriber(i: usize, sh: Arc<Shared>) {
-    let st = &sh.subs[i];
     let local_ip = (!sh.source_ips.is_empty()).then(|| sh.source_ips[i % sh.source_ips.len()]);
+    match sh.transport {
+        Transport::Websocket => ws_subscriber(i, &sh, local_ip).await,
+        Transport::Sse => sse_subscriber(i, &sh, local_ip).await,
+        Transport::Poll => poll_subscriber(i, &sh, local_ip).await,
+    }
+}
+
+/// An error answer's status and the start of its body.
+async fn http_error(conn: &mut http::Conn, status: u16) -> anyhow::Error {
+    let mut b = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.body(&mut b)).await;
+    b.truncate(300);
+    anyhow!("HTTP {status}: {}", String::from_utf8_lossy(&b))
+}
+
+/// Open an SSE stream and read up to its `attached` event; answers the connection, what was
+/// read beyond that event, and the attached serial.
+async fn sse_open(
+    sh: &Shared,
+    local_ip: Option<std::net::IpAddr>,
+) -> Result<(http::Conn, Vec<u8>, u64)> {
+    let stream = common::tcp_connect(&sh.host, sh.port, local_ip).await?;
+    let mut conn = http::Conn::new(stream);
+    let path = format!("/v1/sse?channel={}", http::encode(&sh.channel));
+    conn.get(&sh.host_header, &path, &sh.req_headers).await?;
+    let head = conn.head().await?;
+    if head.status != 200 {
+        return Err(http_error(&mut conn, head.status).await);
+    }
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        while let Some(end) = http::find_bytes(&buf, b"\n\n", 0) {
+            let ev = std::str::from_utf8(&buf[..end])?;
+            if ev.contains("\"type\":\"attached\"") {
+                let serial = common::find_u64(ev, "\"serial\":")
+                    .ok_or_else(|| anyhow!("attached event without serial: {ev}"))?;
+                buf.drain(..end + 2);
+                return Ok((conn, buf, serial));
+            }
+            if ev.starts_with("event: error") || ev.contains("\nevent: error") {
+                bail!("stream error before `attached`: {ev}");
+            }
+            buf.drain(..end + 2);
+        }
+        if !conn.body_part(&mut buf).await? {
+            bail!("stream ended before `attached`");
+        }
+    }
+}
+
+async fn sse_subscriber(i: usize, sh: &Shared, local_ip: Option<std::net::IpAddr>) {
+    let st = &sh.subs[i];
+    let opened = {
+        let _permit = sh.connect_sem.acquire().await;
+        with_retries(8, || sse_open(sh, local_ip)).await
+    };
+    let (mut conn, mut buf, serial) = match opened {
+        Ok((c, b, s)) => {
+            settle(sh, st, i, Ok(s));
+            (c, b, s)
+        }
+        Err(e) => {
+            settle(sh, st, i, Err(e));
+            return;
+        }
+    };
+    let shard = &sh.hist[i % SHARDS];
+    let mut last = serial;
+    let reason = 'read: loop {
+        // Whole events are `...\n\n`; a partial one stays in the buffer for the next read.
+        let now = common::now_ns();
+        let mut start = 0;
+        {
+            let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(end) = http::find_bytes(&buf, b"\n\n", start) {
+                let Ok(ev) = std::str::from_utf8(&buf[start..end]) else {
+                    break 'read "event is not UTF-8".to_string();
+                };
+                let prev = last;
+                if let Some(n) = on_message(sh, st, &mut h, &mut last, ev, now) {
+                    if n <= prev {
+                        sh.note_anomaly(|| format!("subscriber {i}: serial {n} after {prev}"));
+                    }
+                } else if ev.contains("\"type\":\"attached\"") {
+                    if ev.contains("\"resumed\":false") {
+                        st.continuity_lost.fetch_add(1, Ordering::Relaxed);
+                        sh.note_anomaly(|| format!("subscriber {i}: continuity lost: {ev}"));
+                    }
+                } else if ev.contains("event: error") || ev.contains("event: going_away") {
+                    break 'read format!("stream ended by the server: {ev}");
+                }
+                start = end + 2;
+            }
+        }
+        buf.drain(..start);
+        match conn.body_part(&mut buf).await {
+            Ok(true) => {}
+            Ok(false) => break "stream ended".to_string(),
+            Err(e) => break format!("stream error: {e:#}"),
+        }
+    };
+    mark_closed(sh, st, i, reason);
+}
+
+/// Split a long-poll answer into its `attached` part, its messages, and `next`.
+fn poll_parts(body: &str) -> Result<(&str, &str, &str)> {
+    const M: &str = "\"messages\":[";
+    const N: &str = "],\"next\":\"";
+    let m = body
+        .find(M)
+        .ok_or_else(|| anyhow!("poll answer without messages: {body}"))?;
+    let n = body
+        .rfind(N)
+        .filter(|&n| n >= m + M.len())
+        .ok_or_else(|| anyhow!("poll answer without next: {body}"))?;
+    let next_start = n + N.len();
+    let next_len = body[next_start..]
+        .find('"')
+        .ok_or_else(|| anyhow!("poll answer with an unterminated next: {body}"))?;
+    Ok((
+        &body[..m],
+        &body[m + M.len()..n],
+        &body[next_start..next_start + next_len],
+    ))
+}
+
+/// One long-poll request and its answer (body into `body`); answers whether the server will
+/// close the connection after it.
+async fn poll_once(
+    sh: &Shared,
+    conn: &mut http::Conn,
+    from: Option<&str>,
+    body: &mut Vec<u8>,
+) -> Result<bool> {
+    let chan = http::encode(&sh.channel);
+    let path = match from {
+        None => format!("/v1/poll?channel={chan}"),
+        Some(f) => format!("/v1/poll?channel={chan}&from={}&wait=25s", http::encode(f)),
+    };
+    conn.get(&sh.host_header, &path, &sh.req_headers).await?;
+    let head = conn.head().await?;
+    if head.status != 200 {
+        return Err(http_error(conn, head.status).await);
+    }
+    conn.body(body).await?;
+    Ok(head.close)
+}
+
+async fn poll_connect(sh: &Shared, local_ip: Option<std::net::IpAddr>) -> Result<http::Conn> {
+    Ok(http::Conn::new(
+        common::tcp_connect(&sh.host, sh.port, local_ip).await?,
+    ))
+}
+
+async fn poll_subscriber(i: usize, sh: &Shared, local_ip: Option<std::net::IpAddr>) {
+    let st = &sh.subs[i];
+    let mut body = Vec::with_capacity(16 * 1024);
+    // First poll (no position): answered at once with the position to poll from.
+    let opened = {
+        let _permit = sh.connect_sem.acquire().await;
+        with_retries(8, || async {
+            let mut conn = poll_connect(sh, local_ip).await?;
+            let mut body = Vec::new();
+            let close = poll_once(sh, &mut conn, None, &mut body).await?;
+            let text = std::str::from_utf8(&body)?;
+            let (attached, _, next) = poll_parts(text)?;
+            let serial = common::find_u64(attached, "\"serial\":")
+                .ok_or_else(|| anyhow!("first poll without an attached serial: {text}"))?;
+            Ok::<_, anyhow::Error>(((!close).then_some(conn), next.to_string(), serial))
+        })
+        .await
+    };
+    let (mut conn, mut next, serial) = match opened {
+        Ok((c, n, s)) => {
+            settle(sh, st, i, Ok(s));
+            (c, n, s)
+        }
+        Err(e) => {
+            settle(sh, st, i, Err(e));
+            return;
+        }
+    };
+    let shard = &sh.hist[i % SHARDS];
+    let mut last = serial;
+    let mut failures = 0u32;
+    let reason = loop {
+        if conn.is_none() {
+            match poll_connect(sh, local_ip).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 8 {
+                        break format!("reconnect failed: {e:#}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 << failures.min(5))).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match poll_once(sh, c, Some(&next), &mut body).await {
+            Ok(close) => {
+                failures = 0;
+                let now = common::now_ns();
+                st.polls.fetch_add(1, Ordering::Relaxed);
+                if close {
+                    conn = None;
+                }
+                let Ok(text) = std::str::from_utf8(&body) else {
+                    break "poll answer is not UTF-8".to_string();
+                };
+                let (attached, mut rest, n) = match poll_parts(text) {
+                    Ok(p) => p,
+                    Err(e) => break format!("{e:#}"),
+                };
+                if attached.contains("\"resumed\":false") {
+                    st.continuity_lost.fetch_add(1, Ordering::Relaxed);
+                    sh.note_anomaly(|| format!("subscriber {i}: continuity lost: {attached}"));
+                }
+                const SERIAL: &str = "\"serial\":";
+                let prev = last;
+                let mut serials = Vec::new();
+                let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some(k) = rest.find(SERIAL) {
+                    let after = &rest[k + SERIAL.len()..];
+                    let len = after.find(SERIAL).unwrap_or(after.len());
+                    let frame = &rest[k..k + SERIAL.len() + len];
+                    serials.extend(on_message(sh, st, &mut h, &mut last, frame, now));
+                    rest = &after[len..];
+                }
+                drop(h);
+                let mut high = prev;
+                if serials.iter().any(|&n| {
+                    let bad = n <= high;
+                    high = high.max(n);
+                    bad
+                }) {
+                    sh.note_anomaly(|| {
+                        format!(
+                            "subscriber {i}: the poll from {next} (after serial {prev}) \
+                             answered serials {serials:?}, next {n}"
+                        )
+                    });
+                }
+                next.clear();
+                next.push_str(n);
+            }
+            Err(e) => {
+                // A poll cut mid-flight is repeated with the same `from` on a new connection.
+                conn = None;
+                failures += 1;
+                st.reconnects.fetch_add(1, Ordering::Relaxed);
+                if failures >= 8 {
+                    break format!("poll failed 8 times in a row: {e:#}");
+                }
+                tokio::time::sleep(Duration::from_millis(50 << failures.min(5))).await;
+            }
+        }
+    };
+    mark_closed(sh, st, i, reason);
+}
+
+async fn ws_subscriber(i: usize, sh: &Shared, local_ip: Option<std::net::IpAddr>) {
+    let st = &sh.subs[i];
     let opened = {
         let _permit = sh.connect_sem.acquire().await;
         async {
@@ -112,18 +500,15 @@ async fn subscriber(i: usize, sh: Arc<Shared>) {
         .await
     };
     let (mut ws, hb, serial) = match opened {
-        Ok(v) => v,
+        Ok((ws, hb, serial)) => {
+            settle(sh, st, i, Ok(serial));
+            (ws, hb, serial)
+        }
         Err(e) => {
-            sh.note_error(format!("subscriber {i}: {e:#}"));
-            st.state.store(FAILED, Ordering::Release);
-            sh.settled.fetch_add(1, Ordering::AcqRel);
+            settle(sh, st, i, Err(e));
             return;
         }
     };
-    st.attach_serial.store(serial, Ordering::Relaxed);
-    st.last.store(serial, Ordering::Relaxed);
-    st.state.store(ATTACHED, Ordering::Release);
-    sh.settled.fetch_add(1, Ordering::AcqRel);
 
     let shard = &sh.hist[i % SHARDS];
     let mut last = serial;
@@ -134,25 +519,16 @@ async fn subscriber(i: usize, sh: Arc<Shared>) {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let s = t.as_str();
-                    let Some(sent) = common::find_u64(s, STAMP) else { continue };
-                    let now = common::now_ns();
-                    {
-                        let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
-                        common::record_ns(&mut h, now.saturating_sub(sent));
+                    if !s.contains(STAMP) {
+                        continue;
                     }
-                    match common::find_u64(s, "\"serial\":") {
-                        Some(n) if n > last => {
-                            last = n;
-                            st.last.store(n, Ordering::Release);
-                            st.received.fetch_add(1, Ordering::Relaxed);
+                    let now = common::now_ns();
+                    let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+                    let prev = last;
+                    if let Some(n) = on_message(sh, st, &mut h, &mut last, s, now) {
+                        if n <= prev {
+                            sh.note_anomaly(|| format!("subscriber {i}: serial {n} after {prev}"));
                         }
-                        Some(n) if n == last => {
-                            st.duplicates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(_) => {
-                            st.out_of_order.fetch_add(1, Ordering::Relaxed);
-                        }
-                        None => sh.note_error(format!("message without serial: {s}")),
                     }
                 }
                 Some(Ok(Message::Close(c))) => break format!("closed by server: {c:?}"),
@@ -167,11 +543,7 @@ async fn subscriber(i: usize, sh: Arc<Shared>) {
             }
         }
     };
-    st.state.store(CLOSED, Ordering::Release);
-    sh.close_reasons
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(format!("subscriber {i}: {reason}"));
+    mark_closed(sh, st, i, reason);
 }
 
 /// Acked serials, error count, first error and ack latencies, as the ack reader saw them.
@@ -323,14 +695,29 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
     let channel = common::channel_or_fresh(&a.channel, "fanout");
     let mut r = Report::new("fanout");
     r.text("channel", &channel);
+    r.text("transport", a.transport.name());
     r.int("subscribers", a.subscribers as u64, "");
     r.num("rate", a.rate, "msg/s");
     r.num("duration", a.duration, "s");
     r.int("size", a.size as u64, "B");
 
+    let (host, port) = match a.transport {
+        Transport::Websocket => (String::new(), 0),
+        _ => a.target.http_host_port()?,
+    };
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let sh = Arc::new(Shared {
         url: a.target.ws_url(),
         bearer: a.target.bearer(),
+        transport: a.transport,
+        req_headers: format!("Authorization: {}\r\n", a.target.bearer()),
+        host,
+        port,
+        host_header,
         channel: channel.clone(),
         subs: (0..a.subscribers).map(|_| SubStats::default()).collect(),
         connect_sem: Semaphore::new(a.connect_concurrency.max(1)),
@@ -339,6 +726,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
             .map(|_| Mutex::new(common::new_histogram()))
             .collect(),
         first_error: Mutex::new(None),
+        first_anomaly: Mutex::new(None),
         close_reasons: Mutex::new(Vec::new()),
         source_ips: common::source_ips(a.source_ips),
     });
@@ -518,6 +906,32 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
     r.int("out_of_order", ooo, "msg");
     r.int("unexpected", unexpected, "msg");
     r.int("disconnected", closed, "");
+    let lost: u64 = sh
+        .subs
+        .iter()
+        .map(|s| s.continuity_lost.load(Ordering::Relaxed))
+        .sum();
+    r.int("continuity_lost", lost, "");
+    if a.transport == Transport::Poll {
+        let polls: u64 = sh
+            .subs
+            .iter()
+            .map(|s| s.polls.load(Ordering::Relaxed))
+            .sum();
+        let reconnects: u64 = sh
+            .subs
+            .iter()
+            .map(|s| s.reconnects.load(Ordering::Relaxed))
+            .sum();
+        r.int("polls", polls, "");
+        r.num("polls_per_s", polls as f64 / window.max(1e-9), "req/s");
+        r.num(
+            "messages_per_poll",
+            delivered as f64 / (polls.max(1) as f64),
+            "msg",
+        );
+        r.int("poll_reconnects", reconnects, "");
+    }
 
     if let Some(e) = &outcome.first_error {
         r.problem(e.clone());
@@ -549,6 +963,17 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
     }
     if ooo > 0 {
         r.problem(format!("{ooo} out-of-order deliveries"));
+    }
+    if lost > 0 {
+        r.problem(format!("{lost} re-attaches said resumed: false"));
+    }
+    if let Some(a) = sh
+        .first_anomaly
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        r.problem(format!("first anomaly: {a}"));
     }
     if closed > 0 {
         let reasons = sh.close_reasons.lock().unwrap_or_else(|p| p.into_inner());

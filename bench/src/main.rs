@@ -7,6 +7,7 @@
 mod catchup;
 mod common;
 mod fanout;
+mod http;
 mod idle;
 mod publish;
 mod smoke;
@@ -31,8 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// N WebSocket subscribers on one channel, one paced publisher: delivery latency and
-    /// continuity.
+    /// N subscribers (WebSocket, SSE or long-poll) on one channel, one paced WebSocket
+    /// publisher: delivery latency and continuity.
     Fanout(fanout::FanoutArgs),
     /// N idle WebSocket connections: the server's resident memory per connection.
     Idle(idle::IdleArgs),

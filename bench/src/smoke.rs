@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::catchup::{self, CatchupArgs, Mode};
 use crate::common::{Report, Target};
-use crate::fanout::{self, FanoutArgs};
+use crate::fanout::{self, FanoutArgs, Transport};
 use crate::idle::{self, IdleArgs};
 use crate::publish::{self, PublishArgs};
 
@@ -21,6 +21,9 @@ pub struct SmokeArgs {
     /// Subscribers of the fanout run.
     #[arg(long, default_value_t = 50)]
     pub subscribers: usize,
+    /// Subscribers of the SSE and long-poll fanout runs.
+    #[arg(long, default_value_t = 20)]
+    pub http_subscribers: usize,
     /// API key of the fanout publisher (default: --key).
     #[arg(long, env = "TIDINGS_BENCH_PUBLISHER_KEY")]
     pub publisher_key: Option<String>,
@@ -36,6 +39,7 @@ pub async fn run(a: &SmokeArgs) -> Vec<Report> {
     let fan = FanoutArgs {
         target: t.clone(),
         subscribers: a.subscribers,
+        transport: Transport::Websocket,
         rate: 100.0,
         duration: a.duration,
         size: 100,
@@ -49,6 +53,14 @@ pub async fn run(a: &SmokeArgs) -> Vec<Report> {
         publisher_key: a.publisher_key.clone(),
     };
     reports.push(or_failed("fanout", fanout::run(&fan).await));
+    for transport in [Transport::Sse, Transport::Poll] {
+        let f = FanoutArgs {
+            subscribers: a.http_subscribers,
+            transport,
+            ..fan.clone()
+        };
+        reports.push(or_failed("fanout", fanout::run(&f).await));
+    }
     let publ = PublishArgs {
         target: t.clone(),
         concurrency: 4,
