@@ -274,3 +274,32 @@ async fn websocket_resumes_through_repeated_cuts() {
     publisher.await.unwrap();
     assert_eq!(got, (1..=300).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_sse_streams_get_keep_alive_comments() {
+    let t =
+        TestServer::start_with(|c| c.session.heartbeat_interval = Duration::from_millis(200)).await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/v1/sse?channel=quiet", t.http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !text.contains(": keep-alive\n\n") {
+        assert!(
+            Instant::now() < deadline,
+            "no keep-alive comment in {text:?}"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: attached\n"), "{text}");
+}

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use tidings_protocol::{ErrorCode, Position, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -132,7 +132,6 @@ pub(super) async fn sse(
         .admit(&principal.subject)
         .inspect_err(|e| state.metrics.error(e.code))?;
     let (sub, attached) = attach_all(&state, &principal, &wanted)?;
-    let keep_alive = state.config.session.heartbeat_interval;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
     let expires = principal.expires_at;
     let task_state = state.clone();
@@ -140,22 +139,39 @@ pub(super) async fn sse(
         let _permit = permit;
         stream_events(task_state, sub, attached, tx, expires).await
     });
-    let mut response = Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
-        .into_response();
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let response = Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(axum::body::Body::from_stream(ReceiverStream::new(rx)))
+        .expect("static headers are valid");
     Ok(response)
 }
 
-/// Feed the event queue of one SSE response until the client leaves, the server shuts down, or
-/// the client stops reading for longer than the send timeout (it then reconnects and resumes).
+/// Append one event to `out` in the SSE wire format. `data` is one line of JSON (serde_json
+/// never writes a raw newline), so it needs no splitting.
+fn write_event(out: &mut String, event: &str, id: Option<&str>, data: &str) {
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+}
+
+/// Feed the body of one SSE response until the client leaves, the server shuts down, or the
+/// client stops reading for longer than the send timeout (it then reconnects and resumes).
+/// Each batch of deliveries goes out as one chunk: one write for many events.
 async fn stream_events(
     state: AppState,
     mut sub: Subscription,
     attached: Vec<ServerFrame>,
-    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
     expires: Option<std::time::SystemTime>,
 ) {
     let expires_in = expires.map(|t| {
@@ -167,6 +183,13 @@ async fn stream_events(
     tokio::pin!(expiry);
     let _connection = state.metrics.connection(Transport::sse);
     let timeout = state.config.session.send_timeout;
+    let keep_alive_every = state.config.session.heartbeat_interval;
+    let mut keep_alive = tokio::time::interval_at(
+        tokio::time::Instant::now() + keep_alive_every,
+        keep_alive_every,
+    );
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sent = tokio::time::Instant::now();
     let mut positions: BTreeMap<ChannelName, (String, u64)> = sub
         .positions()
         .map(|(c, e, s)| (c.clone(), (e.to_owned(), s)))
@@ -174,10 +197,10 @@ async fn stream_events(
     let id = |p: &BTreeMap<ChannelName, (String, u64)>| {
         format_positions(p.iter().map(|(c, (e, s))| (c, e.as_str(), *s)))
     };
-    let send = |ev: SseEvent| {
+    let send = |chunk: String| {
         let tx = tx.clone();
         async move {
-            match tokio::time::timeout(timeout, tx.send(Ok(ev))).await {
+            match tokio::time::timeout(timeout, tx.send(Ok(Bytes::from(chunk)))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(CloseReason::client),
                 Err(_) => Err(CloseReason::slow_consumer),
@@ -185,33 +208,19 @@ async fn stream_events(
         }
     };
     let first = id(&positions);
-    let mut end = None;
+    let mut chunk = String::new();
     for frame in attached {
         let data = serde_json::to_string(&frame).expect("frames encode");
-        if let Err(r) = send(
-            SseEvent::default()
-                .event("attached")
-                .id(first.clone())
-                .data(data),
-        )
-        .await
-        {
-            end = Some(r);
-            break;
-        }
+        write_event(&mut chunk, "attached", Some(&first), &data);
     }
-    let reason = match end {
-        Some(r) => r,
-        None => loop {
+    let reason = match send(chunk).await {
+        Err(r) => r,
+        Ok(()) => loop {
             let event = tokio::select! {
                 biased;
                 // Shutdown first; the browser's EventSource reconnects by itself.
                 _ = state.shutdown.cancelled() => {
-                    let ev = SseEvent::default()
-                        .event("going_away")
-                        .data(r#"{"type":"going_away"}"#)
-                        .retry(Duration::from_secs(1));
-                    let _ = send(ev).await;
+                    let _ = send("retry: 1000\nevent: going_away\ndata: {\"type\":\"going_away\"}\n\n".to_owned()).await;
                     break CloseReason::shutdown;
                 }
                 _ = tx.closed() => break CloseReason::client,
@@ -220,18 +229,34 @@ async fn stream_events(
                 _ = &mut expiry => {
                     let e = ApiError::new(ErrorCode::TokenExpired, "the token has expired: fetch a new one and reconnect with the last event id");
                     let body = serde_json::to_string(&ServerFrame::Error(e.body(None))).expect("frames encode");
-                    let _ = send(SseEvent::default().event("error").data(body)).await;
+                    let mut chunk = String::new();
+                    write_event(&mut chunk, "error", None, &body);
+                    let _ = send(chunk).await;
                     break CloseReason::token_expired;
                 }
                 event = sub.next(SSE_BATCH) => event,
+                // A comment keeps proxies from closing a quiet stream.
+                _ = keep_alive.tick() => {
+                    if last_sent.elapsed() + Duration::from_millis(50) >= keep_alive_every {
+                        if let Err(r) = send(": keep-alive\n\n".to_owned()).await {
+                            break r;
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
             };
+            let mut chunk = String::new();
+            let mut delivered = 0;
             match event {
                 Event::Messages(batch) => {
-                    let n = batch.len() as u64;
-                    let mut failed = None;
+                    chunk.reserve(batch.iter().map(|d| d.frame.len() + 64).sum());
                     for d in batch {
                         let event_name = match d.kind {
-                            Kind::Message => "message",
+                            Kind::Message => {
+                                delivered += 1;
+                                "message"
+                            }
                             Kind::Reattached => "attached",
                         };
                         if let Some(p) = positions.get_mut(&d.channel) {
@@ -244,28 +269,25 @@ async fn stream_events(
                             }
                             p.1 = d.serial;
                         }
-                        let ev = SseEvent::default()
-                            .event(event_name)
-                            .id(id(&positions))
-                            .data(d.frame.as_str());
-                        if let Err(r) = send(ev).await {
-                            failed = Some(r);
-                            break;
-                        }
+                        write_event(
+                            &mut chunk,
+                            event_name,
+                            Some(&id(&positions)),
+                            d.frame.as_str(),
+                        );
                     }
-                    if let Some(r) = failed {
-                        break r;
-                    }
-                    state.metrics.messages_delivered.inc_by(n);
                 }
                 Event::Failed(e) => {
                     let body = serde_json::to_string(&ServerFrame::Error(e.body(None)))
                         .expect("frames encode");
-                    if let Err(r) = send(SseEvent::default().event("error").data(body)).await {
-                        break r;
-                    }
+                    write_event(&mut chunk, "error", None, &body);
                 }
             }
+            if let Err(r) = send(chunk).await {
+                break r;
+            }
+            last_sent = tokio::time::Instant::now();
+            state.metrics.messages_delivered.inc_by(delivered);
         },
     };
     state.metrics.session_closed(reason);
