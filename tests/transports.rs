@@ -20,6 +20,9 @@ async fn sse_resumes_with_last_event_id_across_a_cut() {
     let http = reqwest::Client::new();
     let url = format!("{}/v1/sse?channel=a&channel=b:1", proxy.http());
     let mut sse = SseClient::open(&url, None).await;
+    let hello = sse.next().await.unwrap();
+    assert_eq!(hello.event, "connected");
+    assert!(hello.json()["heartbeat_ms"].as_u64().unwrap() > 0);
     for _ in 0..2 {
         let ev = sse.next().await.unwrap();
         assert_eq!(ev.event, "attached");
@@ -44,6 +47,7 @@ async fn sse_resumes_with_last_event_id_across_a_cut() {
 
     // The browser reconnects to the same URL with Last-Event-ID.
     let mut sse = SseClient::open(&url, Some(&last_id)).await;
+    assert_eq!(sse.next().await.unwrap().event, "connected");
     for _ in 0..2 {
         let ev = sse.next().await.unwrap();
         assert_eq!(
@@ -77,6 +81,7 @@ async fn sse_says_when_continuity_is_lost() {
     publish_range(&http, &t.http(), "a", 0, 3).await;
     let url = format!("{}/v1/sse?channel=a", t.http());
     let mut sse = SseClient::open(&url, Some("a=0123456789abcdef:2")).await;
+    assert_eq!(sse.next().await.unwrap().event, "connected");
     let ev = sse.next().await.unwrap();
     let v = ev.json();
     assert_eq!(
@@ -301,5 +306,6 @@ async fn quiet_sse_streams_get_keep_alive_comments() {
             .unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(text.starts_with("event: attached\n"), "{text}");
+    assert!(text.starts_with("event: connected\n"), "{text}");
+    assert!(text.contains("event: attached\n"), "{text}");
 }

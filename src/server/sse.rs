@@ -209,6 +209,16 @@ async fn stream_events(
     };
     let first = id(&positions);
     let mut chunk = String::new();
+    // As on WebSocket, the stream opens with `connected`: clients learn the heartbeat interval
+    // (keep-alive comments, which EventSource hides, come at that interval).
+    let hello = ServerFrame::Connected {
+        connection_id: format!("{:016x}", rand::random::<u64>()),
+        protocol: tidings_protocol::PROTOCOL_VERSION,
+        max_message_bytes: state.config.limits.max_message_bytes,
+        heartbeat_ms: keep_alive_every.as_millis() as u64,
+    };
+    let hello = serde_json::to_string(&hello).expect("frames encode");
+    write_event(&mut chunk, "connected", Some(&first), &hello);
     for frame in attached {
         let data = serde_json::to_string(&frame).expect("frames encode");
         write_event(&mut chunk, "attached", Some(&first), &data);

@@ -401,7 +401,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Owner {
         this.connectionId = f.connection_id;
         this.heartbeatMs = f.heartbeat_ms || this.heartbeatMs;
         c.idle = this.heartbeatMs * this.o.heartbeatFactor;
-        return this.opened();
+        // On SSE the stream is already open when its `connected` event arrives.
+        return c.open ? undefined : this.opened();
       case 'attached':
         return sub?._attached(f);
       case 'message':
