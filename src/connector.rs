@@ -45,17 +45,25 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// The dead-letter channel of connector `name`.
-fn dead_letter(name: &str, configured: Option<&str>) -> Result<ChannelName, ConfigError> {
-    let text = configured
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("dead:{name}"));
+/// A channel a connector writes to besides its routed ones: the configured name, or the default.
+fn own_channel(
+    name: &str,
+    field: &str,
+    configured: Option<&str>,
+    default: String,
+) -> Result<ChannelName, ConfigError> {
+    let text = configured.map(str::to_owned).unwrap_or(default);
     ChannelName::parse(&text).map_err(|e| {
         invalid(
-            format!("connectors.{name}.dead_letter"),
+            format!("connectors.{name}.{field}"),
             format!("{text:?} is not a valid channel name: {e}"),
         )
     })
+}
+
+/// The dead-letter channel of connector `name`.
+fn dead_letter(name: &str, configured: Option<&str>) -> Result<ChannelName, ConfigError> {
+    own_channel(name, "dead_letter", configured, format!("dead:{name}"))
 }
 
 /// Check every connector; the first problem is named by its dotted path.
@@ -87,15 +95,12 @@ pub fn validate(connectors: &BTreeMap<String, ConnectorConfig>) -> Result<(), Co
 
 /// The control channel of MongoDB connector `name` (lifecycle events, resync).
 fn control_channel(name: &str, configured: Option<&str>) -> Result<ChannelName, ConfigError> {
-    let text = configured
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("mongodb:{name}"));
-    ChannelName::parse(&text).map_err(|e| {
-        invalid(
-            format!("connectors.{name}.control_channel"),
-            format!("{text:?} is not a valid channel name: {e}"),
-        )
-    })
+    own_channel(
+        name,
+        "control_channel",
+        configured,
+        format!("mongodb:{name}"),
+    )
 }
 
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
