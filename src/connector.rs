@@ -111,15 +111,10 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
     validate(&config.connectors)?;
     let mut sources: Sources = Vec::new();
     for (name, connector) in &config.connectors {
-        match connector {
+        // Each connector yields its source and whether poison goes to its dead-letter channel.
+        let (source, to_dead_letter, dlq): (Box<dyn Source>, bool, ChannelName) = match connector {
             ConnectorConfig::Postgres(pg) => {
                 let dlq = dead_letter(name, pg.dead_letter.as_deref())?;
-                let poison = match pg.on_poison {
-                    tidings_connector_postgres::OnPoison::DeadLetter => {
-                        PoisonPolicy::DeadLetter(dlq.clone())
-                    }
-                    tidings_connector_postgres::OnPoison::Stop => PoisonPolicy::Stop,
-                };
                 let source =
                     PostgresSource::new(name.clone(), pg.clone(), dlq.as_str()).map_err(|e| {
                         invalid(
@@ -127,37 +122,37 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                             e.problem.problem,
                         )
                     })?;
-                sources.push((
-                    SourceOptions {
-                        name: name.clone(),
-                        poison,
-                        max_message_bytes: config.limits.max_message_bytes,
-                    },
-                    Box::new(source),
-                ));
+                let to_dlq = matches!(
+                    pg.on_poison,
+                    tidings_connector_postgres::OnPoison::DeadLetter
+                );
+                (Box::new(source), to_dlq, dlq)
             }
             ConnectorConfig::Mongodb(mongo) => {
                 let dlq = dead_letter(name, mongo.dead_letter.as_deref())?;
                 let control = control_channel(name, mongo.control_channel.as_deref())?;
-                let poison = match mongo.on_poison {
-                    tidings_connector_mongodb::OnPoison::DeadLetter => {
-                        PoisonPolicy::DeadLetter(dlq.clone())
-                    }
-                    tidings_connector_mongodb::OnPoison::Stop => PoisonPolicy::Stop,
-                };
                 let source =
                     MongoSource::new(name.clone(), mongo.clone(), dlq.as_str(), control.as_str())
                         .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
-                sources.push((
-                    SourceOptions {
-                        name: name.clone(),
-                        poison,
-                        max_message_bytes: config.limits.max_message_bytes,
-                    },
-                    Box::new(source),
-                ));
+                let to_dlq = matches!(
+                    mongo.on_poison,
+                    tidings_connector_mongodb::OnPoison::DeadLetter
+                );
+                (Box::new(source), to_dlq, dlq)
             }
-        }
+        };
+        sources.push((
+            SourceOptions {
+                name: name.clone(),
+                poison: if to_dead_letter {
+                    PoisonPolicy::DeadLetter(dlq)
+                } else {
+                    PoisonPolicy::Stop
+                },
+                max_message_bytes: config.limits.max_message_bytes,
+            },
+            source,
+        ));
     }
     Ok(sources)
 }
