@@ -389,24 +389,150 @@ async fn history_lost_fails_naming_the_position_and_the_cure() {
     assert_eq!(history(&http, &base(&server), "orders:n1").await.len(), 1);
 }
 
+/// The channel's current epoch, as REST history reports it.
+async fn epoch(base: &str, channel: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .get(format!(
+            "{base}/v1/channels/{channel}/messages?after=0&limit=1"
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["epoch"]
+        .as_str()
+        .expect("history names its epoch")
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_lost_resnapshot_republishes_after_a_resync() {
-    let (mongo, _dir, server) = history_lost_setup(OnHistoryLost::Resnapshot).await;
+async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
+    let mongo = Mongo::start_test_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.on_history_lost = OnHistoryLost::Resnapshot;
+    let server = serve(dir.path(), "shop", config.clone()).await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    let before = wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
+    let old_epoch = epoch(&base(&server), "orders:n1").await;
+    server.shutdown();
+    server.wait().await;
+    // While tidings is down a change falls off the oplog.
+    mongo.insert("orders", doc! {"_id": 2, "store": "n1"}).await;
+    mongo.truncate_and_settle();
+    let server = serve(dir.path(), "shop", config).await;
     let items = wait_for(&base(&server), "orders:n1", |m| {
         m.iter().filter(|x| x["name"] == "snapshot").count() == 2
     })
     .await;
+    // The old history is gone with its epoch; the channel holds the current documents.
     let names: Vec<&str> = items.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["insert", "resync", "snapshot", "snapshot"]);
+    assert_eq!(names, vec!["snapshot", "snapshot"]);
+    assert_eq!(keys(&items, "snapshot").len(), 2);
+    let new_epoch = epoch(&base(&server), "orders:n1").await;
+    assert_ne!(
+        new_epoch, old_epoch,
+        "the channel restarted under a new epoch"
+    );
+    assert!(
+        items[0]["serial"].as_u64() > before[0]["serial"].as_u64(),
+        "serials keep increasing across epochs"
+    );
+    // A client coming back with its old position is told continuity was lost.
+    let mut c =
+        common::Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
+    let a = c
+        .attach(
+            "orders:n1",
+            serde_json::json!({"from": {"epoch": old_epoch, "serial": before[0]["serial"]}}),
+        )
+        .await;
+    assert_eq!(
+        (a["resumed"].as_bool(), a["reason"].as_str()),
+        (Some(false), Some("epoch_changed")),
+        "{a}"
+    );
+    // The control channel says why.
     let control = wait_for(&base(&server), "mongodb:shop", |m| !m.is_empty()).await;
     assert_eq!(control[0]["name"], "resync");
-    // And the stream goes on from the position taken before the snapshot.
+    assert_eq!(control[0]["data"]["reason"], "history_lost");
+    // And the stream goes on in the new epoch, from the position taken before the snapshot.
     mongo.insert("orders", doc! {"_id": 3, "store": "n1"}).await;
     wait_for(&base(&server), "orders:n1", |m| {
         m.last()
             .is_some_and(|x| x["name"] == "insert" && x["data"]["key"]["_id"] == 3)
     })
     .await;
+    assert_eq!(epoch(&base(&server), "orders:n1").await, new_epoch);
+    assert!(server.source_failures().lock().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lost_while_attached_announces_the_new_epoch_then_the_documents() {
+    let mongo = Mongo::start_test_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.on_history_lost = OnHistoryLost::Resnapshot;
+    let server = serve(dir.path(), "shop", config).await;
+    let mut c =
+        common::Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
+    let attached = c
+        .attach("orders:n1", serde_json::json!({"rewind": 100}))
+        .await;
+    let old_epoch = attached["epoch"].as_str().unwrap().to_owned();
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    let first = c.messages(1).await;
+    assert_eq!(first[0]["name"], "insert");
+    // The running stream falls behind the oplog: two writes roll off before it reads them,
+    // and its next getMore fails with 286.
+    let ns = mongo.ns("orders");
+    mongo.ts().truncate_history_after(|t| {
+        t.insert(&ns, doc! {"_id": 2, "store": "n1"});
+        t.insert(&ns, doc! {"_id": 3, "store": "n2"});
+    });
+    // The client is told continuity was lost, under a new epoch...
+    let v = c.recv().await;
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["resumed"].as_bool(),
+            v["reason"].as_str()
+        ),
+        (Some("attached"), Some(false), Some("epoch_changed")),
+        "{v}"
+    );
+    assert_ne!(v["epoch"].as_str().unwrap(), old_epoch);
+    assert_eq!(
+        v["serial"], first[0]["serial"],
+        "delivery continues after the old head"
+    );
+    // ...then receives the channel's current documents, nothing of the other store.
+    let docs = c.messages(2).await;
+    let got: Vec<(&str, i64)> = docs
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["data"]["key"]["_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![("snapshot", 1), ("snapshot", 2)]);
+    let other = wait_for(&base(&server), "orders:n2", |m| m.len() == 1).await;
+    assert_eq!(other[0]["name"], "snapshot");
+    // Changes after the re-read follow in the same new epoch.
+    mongo.insert("orders", doc! {"_id": 4, "store": "n1"}).await;
+    let next = c.messages(1).await;
+    assert_eq!(
+        (
+            next[0]["name"].as_str(),
+            next[0]["data"]["key"]["_id"].as_i64()
+        ),
+        (Some("insert"), Some(4))
+    );
     assert!(server.source_failures().lock().is_empty());
 }
 
@@ -647,4 +773,89 @@ async fn a_snapshot_with_concurrent_writes_misses_nothing() {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// The channels of a batch's messages, in order of first appearance.
+fn channels_of(batch: &tidings_connectors_core::Batch) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in &batch.messages {
+        if !out.contains(&m.channel) {
+            out.push(m.channel.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resnapshot_resets_each_channel_once_before_its_first_document() {
+    use tidings_connector_mongodb::position::{Position, SnapshotProgress, SnapshotReason};
+    let mongo = Mongo::start_test_server().await;
+    let stores = ["a", "a", "b", "b", "c"];
+    for (i, store) in stores.iter().enumerate() {
+        mongo
+            .insert("orders", doc! {"_id": i as i32, "store": *store})
+            .await;
+    }
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.on_history_lost = OnHistoryLost::Resnapshot;
+    config.snapshot_batch_size = 2;
+    // A resume token to hang the re-snapshot on.
+    let mut probe = MongoSource::new("shop", config.clone(), "dead:shop", "mongodb:shop").unwrap();
+    probe.start(None).await.unwrap();
+    let Position::Token(resume) =
+        Position::from_source(&probe.next_batch().await.unwrap().position).unwrap()
+    else {
+        panic!("the start position is a token");
+    };
+    // A re-snapshot interrupted after `_id` 1, as a crashed process left it.
+    let interrupted = Position::Snapshot(SnapshotProgress {
+        resume,
+        ns: Some((mongo.db.clone(), "orders".into())),
+        after: Some(Bson::Int32(1)),
+        reason: SnapshotReason::HistoryLost,
+    })
+    .to_source();
+    let ids = |b: &tidings_connectors_core::Batch| -> Vec<i64> {
+        b.messages
+            .iter()
+            .map(|m| m.data.as_ref().unwrap()["key"]["_id"].as_i64().unwrap())
+            .collect()
+    };
+    let mut source = MongoSource::new("shop", config.clone(), "dead:shop", "mongodb:shop").unwrap();
+    source.start(Some(interrupted.clone())).await.unwrap();
+    // A new process cannot know which channels were reset: it starts over, resetting again.
+    let b1 = source.next_batch().await.unwrap();
+    assert_eq!(ids(&b1), vec![0, 1], "the re-snapshot starts over");
+    assert_eq!(source.take_resets(), vec!["orders:a"]);
+    source.committed(&b1.position).await.unwrap();
+    let b2 = source.next_batch().await.unwrap();
+    assert_eq!(ids(&b2), vec![2, 3]);
+    assert_eq!(source.take_resets(), channels_of(&b2));
+    // The batch fails before it is durable: started again from the last checkpoint in the same
+    // process, the snapshot goes on where it was and resets `b` again (its reset may not have
+    // happened), but not `a`.
+    source.start(Some(b1.position.clone())).await.unwrap();
+    let b2 = source.next_batch().await.unwrap();
+    assert_eq!(ids(&b2), vec![2, 3], "goes on after the checkpoint");
+    assert_eq!(source.take_resets(), vec!["orders:b"]);
+    source.committed(&b2.position).await.unwrap();
+    let b3 = source.next_batch().await.unwrap();
+    assert_eq!(ids(&b3), vec![4]);
+    assert_eq!(source.take_resets(), vec!["orders:c"]);
+    source.committed(&b3.position).await.unwrap();
+    assert!(
+        matches!(
+            Position::from_source(&b3.position).unwrap(),
+            Position::Token(_)
+        ),
+        "the snapshot is done: streaming resumes from its token"
+    );
+    // An initial snapshot resets nothing: there is no old history to leave.
+    let mut fresh = config.clone();
+    fresh.snapshot = SnapshotMode::Initial;
+    let mut initial = MongoSource::new("shop", fresh, "dead:shop", "mongodb:shop").unwrap();
+    initial.start(None).await.unwrap();
+    let b = initial.next_batch().await.unwrap();
+    assert_eq!(ids(&b), vec![0, 1]);
+    assert!(initial.take_resets().is_empty());
 }

@@ -75,7 +75,8 @@ pub enum OnHistoryLost {
     /// Stop with an error naming the lost position and the ways to recover.
     #[default]
     Fail,
-    /// Re-read the current documents, publish them after a `resync` control message, go on.
+    /// Re-read the current documents and publish them, each channel that gets one restarting
+    /// under a new epoch first (a `resync` control message says why); then go on.
     Resnapshot,
 }
 

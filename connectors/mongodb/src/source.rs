@@ -109,7 +109,16 @@ pub struct MongoSource {
     snapshot_colls: Option<Vec<(String, String)>>,
     snapshot_read: u64,
     snapshot_estimate: u64,
-    resynced: HashSet<String>,
+    /// The resume token of the history-lost re-snapshot this process is running, if any: the
+    /// reset bookkeeping below belongs to it.
+    resnapshot: Option<Bson>,
+    /// Channels of that re-snapshot already given a new epoch (or about to be).
+    reset_seen: HashSet<String>,
+    /// Channels first met in the batch just returned; handed out by `take_resets`.
+    reset_pending: Vec<String>,
+    /// Channels handed out by `take_resets` whose batch is not committed yet: forgotten by
+    /// `start`, so that a batch retried after a failure resets them again.
+    reset_uncommitted: Vec<String>,
 }
 
 fn fatal(what: impl Into<String>, fix: impl Into<String>) -> SourceError {
@@ -174,7 +183,10 @@ impl MongoSource {
             snapshot_colls: None,
             snapshot_read: 0,
             snapshot_estimate: 0,
-            resynced: HashSet::new(),
+            resnapshot: None,
+            reset_seen: HashSet::new(),
+            reset_pending: Vec::new(),
+            reset_uncommitted: Vec::new(),
         })
     }
 
@@ -316,7 +328,7 @@ impl MongoSource {
         match self.config.on_history_lost {
             OnHistoryLost::Fail => Err(fatal(
                 format!("connector {name}: MongoDB no longer has the change stream position {} in its oplog ({e}); the changes after it cannot be read, and skipping them silently would lose them", lost.describe()),
-                format!("set `connectors.{name}.on_history_lost = \"resnapshot\"` to re-publish the current documents (clients get a `resync` control message), or rename the connector to start from now; then enlarge the oplog (replSetResizeOplog) to cover the longest time the connector may be stopped"),
+                format!("set `connectors.{name}.on_history_lost = \"resnapshot\"` to re-publish the current documents (their channels restart under a new epoch, so clients know to resync), or rename the connector to start from now; then enlarge the oplog (replSetResizeOplog) to cover the longest time the connector may be stopped"),
             )),
             OnHistoryLost::Resnapshot => {
                 tracing::warn!(source = %name, lost = %lost.describe(), "change stream history lost; re-snapshotting the current documents");
@@ -346,7 +358,7 @@ impl MongoSource {
             reason,
         };
         if reason == SnapshotReason::HistoryLost {
-            let data = json!({"reason": "history_lost", "source": self.name, "detail": "the change stream's history was lost; every current document follows"});
+            let data = json!({"reason": "history_lost", "source": self.name, "detail": "the change stream's history was lost; every current document is published again, and each channel that holds one restarts under a new epoch first"});
             let id = format!(
                 "mdbs-resync:{}",
                 digest(&[progress
@@ -362,9 +374,12 @@ impl MongoSource {
                 position: Position::Snapshot(progress.clone()).to_source(),
             }));
         }
+        if reason == SnapshotReason::HistoryLost {
+            self.resnapshot = Some(progress.resume.clone());
+            self.reset_seen.clear();
+        }
         self.mode = Mode::Snapshot(Box::new(progress));
         self.snapshot_colls = None;
-        self.resynced.clear();
         Ok(())
     }
 
@@ -487,7 +502,7 @@ impl MongoSource {
         let mut messages = Vec::with_capacity(docs.len());
         for d in docs {
             for m in self.router.snapshot(&db, &coll, d, &p.resume)? {
-                self.resync(&mut messages, &m, &p);
+                self.note_reset(&m.channel, &p);
                 messages.push(m);
             }
         }
@@ -517,25 +532,18 @@ impl MongoSource {
         }
     }
 
-    /// After a history loss, each channel hears `resync` before its first snapshot document.
-    fn resync(&mut self, out: &mut Vec<Publish>, m: &Publish, p: &SnapshotProgress) {
+    /// After a history loss, each channel restarts under a new epoch just before its first
+    /// re-published document: the runner resets it (see [`Source::take_resets`]) before
+    /// appending the batch that holds that document.
+    fn note_reset(&mut self, channel: &str, p: &SnapshotProgress) {
         if p.reason != SnapshotReason::HistoryLost
-            || m.channel == self.router.control_channel
-            || !self.resynced.insert(m.channel.clone())
+            || channel == self.router.control_channel
+            || channel == self.router.dead_letter
+            || !self.reset_seen.insert(channel.to_owned())
         {
             return;
         }
-        let resume = p.resume.clone().into_canonical_extjson().to_string();
-        out.push(Publish {
-            channel: m.channel.clone(),
-            name: Some("resync".into()),
-            data: Some(json!({"reason": "history_lost", "source": self.name})),
-            headers: None,
-            id: Some(format!(
-                "mdbs-resync:{}",
-                digest(&[resume.as_bytes(), m.channel.as_bytes()])
-            )),
-        });
+        self.reset_pending.push(channel.to_owned());
     }
 
     fn finish_snapshot(&mut self, p: SnapshotProgress, messages: Vec<Publish>) -> Batch {
@@ -725,6 +733,14 @@ impl Source for MongoSource {
         self.invalidated = None;
         self.mode = Mode::Streaming;
         self.last_batch_at = Instant::now();
+        // Resets whose batch never became durable happen again when it is read again.
+        for channel in self
+            .reset_uncommitted
+            .drain(..)
+            .chain(self.reset_pending.drain(..))
+        {
+            self.reset_seen.remove(&channel);
+        }
         if self.client.is_none() {
             let client = Client::with_uri_str(self.config.uri.expose())
                 .await
@@ -768,8 +784,22 @@ impl Source for MongoSource {
                     }));
                 }
             },
-            Some(Position::Snapshot(p)) => {
-                tracing::info!(source = %self.name, ns = ?p.ns, "resuming the snapshot in progress");
+            Some(Position::Snapshot(mut p)) => {
+                if p.reason == SnapshotReason::HistoryLost
+                    && self.resnapshot.as_ref() != Some(&p.resume)
+                {
+                    // Which channels this re-snapshot already reset is known only to the process
+                    // that ran it; resuming halfway would append the rest of a reset channel's
+                    // documents without the ones before. Start over: every channel is reset
+                    // again and gets all its documents in its newest epoch.
+                    tracing::warn!(source = %self.name, ns = ?p.ns, "restarting the interrupted re-snapshot after history loss from its first collection");
+                    p.ns = None;
+                    p.after = None;
+                    self.resnapshot = Some(p.resume.clone());
+                    self.reset_seen.clear();
+                } else {
+                    tracing::info!(source = %self.name, ns = ?p.ns, "resuming the snapshot in progress");
+                }
                 self.mode = Mode::Snapshot(Box::new(p));
             }
             Some(p) => self.open_at(p).await?,
@@ -786,6 +816,13 @@ impl Source for MongoSource {
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError> {
         // The log stores the token; MongoDB keeps no per-consumer state to confirm.
         tracing::trace!(source = %self.name, ?position, "checkpoint durable");
+        self.reset_uncommitted.clear();
         Ok(())
+    }
+
+    fn take_resets(&mut self) -> Vec<String> {
+        let resets = std::mem::take(&mut self.reset_pending);
+        self.reset_uncommitted.extend(resets.iter().cloned());
+        resets
     }
 }

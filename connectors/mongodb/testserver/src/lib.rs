@@ -175,6 +175,30 @@ impl MongoTestServer {
         self.write(|s| s.truncate_history());
     }
 
+    /// Apply the writes `f` stages, one by one (not as a transaction), and forget all history,
+    /// in one step: no change stream sees them as events, and the next `getMore` of a stream
+    /// that had not read past them fails with error 286, as for a stream that fell behind the
+    /// oplog. Returns the `_id`s written.
+    ///
+    /// # Panics
+    /// When a write fails (a duplicate `_id`, a missing document).
+    pub fn truncate_history_after(&self, f: impl FnOnce(&mut Transaction)) -> Vec<Bson> {
+        let mut t = Transaction::default();
+        f(&mut t);
+        self.write(|s| {
+            let ids = t
+                .writes
+                .into_iter()
+                .map(|(db, coll, w)| {
+                    s.write(&db, &coll, w)
+                        .unwrap_or_else(|e| panic!("write to {db}.{coll}: {}", e.message))
+                })
+                .collect();
+            s.truncate_history();
+            ids
+        })
+    }
+
     /// Close the connection of the next change stream `getMore` without answering.
     pub fn drop_next_get_more(&self) {
         self.shared.state.lock().faults.drop_get_mores += 1;
