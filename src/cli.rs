@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Directory of the embedded channel log [default: ./tidings-data].
     #[arg(long, env = "TIDINGS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Serve the static files of this directory at `/` (a web app beside its sync server).
+    #[arg(long, env = "TIDINGS_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
     /// API key as KEY_ID:SECRET, with every capability (repeatable; env: comma-separated).
     #[arg(
         long = "api-key",
@@ -140,6 +143,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.data_dir {
             config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.web_root {
+            config.web_root = Some(v.clone());
         }
         for spec in self.api_keys.iter().filter(|s| !s.trim().is_empty()) {
             config.add_api_key(spec.trim())?;
@@ -258,12 +264,16 @@ impl ServeArgs {
     }
 }
 
-/// Set up logging in the configured format. `RUST_LOG` refines the level (default `info`).
+/// Set up logging in the configured format. `RUST_LOG` refines the level (default `info`, with
+/// Postgres's notices such as "schema already exists, skipping" kept out).
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    // Colours only for a person at a terminal, not in files, pipes or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

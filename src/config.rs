@@ -99,6 +99,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log output format.
     pub log_format: LogFormat,
+    /// A directory of static files served at `/` (a web app beside its sync server); none by
+    /// default. The API routes (`/v1/...`, `/healthz`, `/readyz`, `/metrics`) take precedence.
+    pub web_root: Option<PathBuf>,
     /// API keys; without capabilities a key may do everything on every channel.
     pub api_keys: Vec<ApiKeyConfig>,
     pub limits: Limits,
@@ -227,6 +230,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Text,
+            web_root: None,
             api_keys: Vec::new(),
             limits: Limits::default(),
             session: SessionConfig::default(),
@@ -330,6 +334,17 @@ impl Config {
 
     /// Check every value; the first problem found is named by its dotted path.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.web_root {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "web_root",
+                    format!(
+                        "{} is not a directory; point it at the folder of the pages to serve, or leave it unset",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         let l = &self.limits;
         if !(1024..=16 * 1024 * 1024).contains(&l.max_message_bytes) {
             return Err(invalid(

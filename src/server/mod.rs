@@ -115,7 +115,7 @@ pub fn router(state: AppState) -> Router {
         .saturating_mul(2)
         .saturating_mul(state.config.limits.max_publish_batch)
         .clamp(1 << 20, 256 << 20);
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/channels/{channel}/messages",
             post(rest::publish).get(rest::history),
@@ -126,8 +126,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(rest::issue_token))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
-        .route("/metrics", get(rest::metrics))
-        .fallback(rest::not_found)
+        .route("/metrics", get(rest::metrics));
+    // Static pages, when configured, answer every other GET; unknown paths still get the API's
+    // JSON 404, so a mistyped `/v1/...` route is as plain with a web root as without.
+    let router = match &state.config.web_root {
+        Some(dir) => {
+            router.fallback_service(tower_http::services::ServeDir::new(dir).not_found_service(
+                axum::handler::HandlerWithoutStateExt::into_service(rest::not_found),
+            ))
+        }
+        None => router.fallback(rest::not_found),
+    };
+    router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors(&state.config))
         .with_state(state)
