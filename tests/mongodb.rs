@@ -859,3 +859,74 @@ async fn a_resnapshot_resets_each_channel_once_before_its_first_document() {
     assert_eq!(ids(&b), vec![0, 1]);
     assert!(initial.take_resets().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pages_across_mixed_id_types() {
+    use mongodb::bson::{oid::ObjectId, spec::BinarySubtype, Binary, DateTime};
+    let mongo = Mongo::start().await;
+    // Three of each `_id` type, inserted out of order: numbers < strings < documents <
+    // binaries < ObjectIds < booleans < dates, in MongoDB's sort order.
+    let ids: Vec<Bson> = vec![
+        Bson::String("m".into()),
+        Bson::Int32(3),
+        Bson::ObjectId(ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap()),
+        Bson::DateTime(DateTime::from_millis(1_700_000_000_000)),
+        Bson::Document(doc! {"a": 1}),
+        Bson::Int64(5_000_000_000),
+        Bson::Double(-1.5),
+        Bson::String("a".into()),
+        Bson::Boolean(false),
+        Bson::Binary(Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: vec![1, 2],
+        }),
+        Bson::ObjectId(ObjectId::parse_str("65a1b2c3d4e5f60718293a4c").unwrap()),
+        Bson::Document(doc! {"a": "x"}),
+        Bson::String("z".into()),
+        Bson::DateTime(DateTime::from_millis(-5)),
+        Bson::Boolean(true),
+        Bson::Document(doc! {"b": 1}),
+        Bson::ObjectId(ObjectId::parse_str("000000000000000000000001").unwrap()),
+        Bson::Null,
+    ];
+    for id in &ids {
+        mongo
+            .insert("mixed", doc! {"_id": id.clone(), "store": "n1"})
+            .await;
+    }
+    // MongoDB's order: by type, then within the type; documents compare field by field by
+    // the value's type, then the name, then the value.
+    let order = [17, 6, 1, 5, 7, 0, 12, 4, 15, 11, 9, 16, 2, 10, 8, 14, 13, 3];
+    let expected: Vec<String> = order
+        .iter()
+        .map(|i| ids[*i].clone().into_relaxed_extjson().to_string())
+        .collect();
+    // Every page size, so pages end on every kind of type boundary.
+    for page in 1..=4u32 {
+        let mut config = mongo.config("mixed", "mixed:{fullDocument.store}");
+        config.snapshot = SnapshotMode::Initial;
+        config.snapshot_batch_size = page;
+        let mut source = MongoSource::new("shop", config, "dead:shop", "mongodb:shop").unwrap();
+        source.start(None).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let b = tokio::time::timeout(WAIT, source.next_batch())
+                .await
+                .unwrap()
+                .unwrap();
+            for m in &b.messages {
+                seen.push(m.data.as_ref().unwrap()["key"]["_id"].to_string());
+            }
+            source.committed(&b.position).await.unwrap();
+            if let SourcePosition::MongoResumeToken(v) = &b.position {
+                if v.get("_data").is_some() {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            seen, expected,
+            "page size {page}: each once, in `_id` order"
+        );
+    }
+}

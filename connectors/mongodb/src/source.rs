@@ -16,7 +16,7 @@ use bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::{Error as MongoError, ErrorKind};
-use mongodb::options::{ChangeStreamOptions, FullDocumentBeforeChangeType, FullDocumentType};
+use mongodb::options::{ChangeStreamOptions, FullDocumentBeforeChangeType, FullDocumentType, Hint};
 use mongodb::Client;
 use serde_json::json;
 use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
@@ -457,26 +457,30 @@ impl MongoSource {
             self.snapshot_estimate = collection.estimated_document_count().await.unwrap_or(0);
             tracing::info!(source = %self.name, ns = %format!("{db}.{coll}"), estimated = self.snapshot_estimate, "snapshot of collection starting");
         }
-        let filter = match &p.after {
-            Some(after) => doc! {"_id": {"$gt": after.clone()}},
-            None => doc! {},
-        };
         let batch = self.config.snapshot_batch_size;
-        let mut cursor = collection
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .limit(i64::from(batch))
-            .batch_size(batch)
-            .await
-            .map_err(|e| {
-                transient(
-                    format!(
-                        "connector {}: snapshot read of {db}.{coll} failed",
-                        self.name
-                    ),
-                    e,
-                )
-            })?;
+        // Page by an index bound on `_id`, not by `{_id: {$gt: last}}`: a range filter compares
+        // within one BSON type bracket only, so after the last number it would never reach the
+        // strings, ObjectIds or dates of a collection whose `_id`s mix types. The bound follows
+        // the index's order, which is MongoDB's order across types. `min` is inclusive: the page
+        // asks for one more document and drops the one it starts at.
+        let find = collection.find(doc! {}).sort(doc! {"_id": 1});
+        let find = match &p.after {
+            Some(after) => find
+                .min(doc! {"_id": after.clone()})
+                .hint(Hint::Keys(doc! {"_id": 1}))
+                .limit(i64::from(batch) + 1)
+                .batch_size(batch.saturating_add(1)),
+            None => find.limit(i64::from(batch)).batch_size(batch),
+        };
+        let mut cursor = find.await.map_err(|e| {
+            transient(
+                format!(
+                    "connector {}: snapshot read of {db}.{coll} failed",
+                    self.name
+                ),
+                e,
+            )
+        })?;
         let mut docs = Vec::new();
         while cursor.advance().await.map_err(|e| {
             transient(
@@ -497,6 +501,10 @@ impl MongoSource {
                 )
             })?);
         }
+        if p.after.is_some() && docs.first().and_then(|d| d.get("_id")) == p.after.as_ref() {
+            docs.remove(0);
+        }
+        docs.truncate(batch as usize);
         let full = docs.len() == batch as usize;
         let last_id = docs.last().and_then(|d| d.get("_id").cloned());
         let mut messages = Vec::with_capacity(docs.len());

@@ -5,7 +5,9 @@
 //! this: a single replica-set primary (`hello` with `setName`, `hosts`, `isWritablePrimary`,
 //! wire version 21) that serves the handshake (OP_MSG `hello`, and the legacy OP_QUERY
 //! `isMaster`), change streams (`aggregate` with `$changeStream`, `getMore`, `killCursors`),
-//! `endSessions`, and `find`/`count`/`listCollections`/`listDatabases` for snapshots.
+//! `endSessions`, and `find` (with `min` + `hint` index bounds)/`count`/`listCollections`/
+//! `listDatabases` for snapshots. Values compare in MongoDB's order across BSON types, and range
+//! filters within one type bracket, as MongoDB does.
 //!
 //! Tests write through the Rust API ([`MongoTestServer::insert`], [`MongoTestServer::transaction`],
 //! ...): every write appends to an in-memory oplog with strictly increasing cluster times, and

@@ -1,28 +1,32 @@
-//! BSON comparison in MongoDB's sort order (numbers across types, then strings, documents,
-//! arrays, binaries, ObjectIds, booleans, dates, timestamps), enough to key collections by `_id`
-//! and to serve `$gt`/`$lt` filters.
+//! BSON comparison in MongoDB's sort order (MinKey, undefined, null, numbers across types, then
+//! strings, documents, arrays, binaries, ObjectIds, booleans, dates, timestamps, ..., MaxKey),
+//! enough to key collections by `_id`, to serve `$gt`/`$lt` filters (which compare within one
+//! type bracket only) and `min` index bounds (which cross them).
 
 use std::cmp::Ordering;
 
 use bson::Bson;
 
-fn type_rank(v: &Bson) -> u8 {
+/// The type's place in MongoDB's sort order; numeric types share one (they compare by value),
+/// as do strings and symbols.
+pub fn type_rank(v: &Bson) -> u8 {
     match v {
         Bson::MinKey => 0,
-        Bson::Null | Bson::Undefined => 1,
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 2,
-        Bson::Symbol(_) | Bson::String(_) => 3,
-        Bson::Document(_) => 4,
-        Bson::Array(_) => 5,
-        Bson::Binary(_) => 6,
-        Bson::ObjectId(_) => 7,
-        Bson::Boolean(_) => 8,
-        Bson::DateTime(_) => 9,
-        Bson::Timestamp(_) => 10,
-        Bson::RegularExpression(_) => 11,
-        Bson::DbPointer(_) => 12,
-        Bson::JavaScriptCode(_) | Bson::JavaScriptCodeWithScope(_) => 13,
-        Bson::MaxKey => 14,
+        Bson::Undefined => 1,
+        Bson::Null => 2,
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => 3,
+        Bson::Symbol(_) | Bson::String(_) => 4,
+        Bson::Document(_) => 5,
+        Bson::Array(_) => 6,
+        Bson::Binary(_) => 7,
+        Bson::ObjectId(_) => 8,
+        Bson::Boolean(_) => 9,
+        Bson::DateTime(_) => 10,
+        Bson::Timestamp(_) => 11,
+        Bson::RegularExpression(_) => 12,
+        Bson::DbPointer(_) => 13,
+        Bson::JavaScriptCode(_) | Bson::JavaScriptCodeWithScope(_) => 14,
+        Bson::MaxKey => 15,
     }
 }
 
@@ -45,7 +49,7 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     match (a, b) {
         (Bson::Int64(x), Bson::Int64(y)) => x.cmp(y),
         (Bson::Int32(x), Bson::Int32(y)) => x.cmp(y),
-        _ if ra == 2 => number(a).total_cmp(&number(b)),
+        _ if ra == 3 => number(a).total_cmp(&number(b)),
         (Bson::String(x), Bson::String(y)) => x.cmp(y),
         (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
@@ -56,8 +60,12 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
         (Bson::Binary(x), Bson::Binary(y)) => (x.bytes.len(), u8::from(x.subtype), &x.bytes)
             .cmp(&(y.bytes.len(), u8::from(y.subtype), &y.bytes)),
         (Bson::Document(x), Bson::Document(y)) => {
+            // Pair by pair: the value's type, then the field name, then the value.
             for ((ka, va), (kb, vb)) in x.iter().zip(y.iter()) {
-                let o = compare(va, vb).then_with(|| ka.cmp(kb));
+                let o = type_rank(va)
+                    .cmp(&type_rank(vb))
+                    .then_with(|| ka.cmp(kb))
+                    .then_with(|| compare(va, vb));
                 if o != Ordering::Equal {
                     return o;
                 }
@@ -112,6 +120,21 @@ mod tests {
         );
         assert_eq!(
             compare(&Bson::Int64(999), &Bson::String("a".into())),
+            Ordering::Less
+        );
+        // Documents: the first field's type, then its name, then its value.
+        assert_eq!(
+            compare(
+                &Bson::Document(bson::doc! {"b": 1}),
+                &Bson::Document(bson::doc! {"a": "x"})
+            ),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare(
+                &Bson::Document(bson::doc! {"a": 2}),
+                &Bson::Document(bson::doc! {"b": 1})
+            ),
             Ordering::Less
         );
         let (a, b) = (ObjectId::new(), ObjectId::new());

@@ -1,5 +1,6 @@
 //! The slice of MongoDB's query and aggregation language the test server understands: `$match`
-//! filters (equality, `$eq $ne $gt $gte $lt $lte $in $nin $exists`, `$and $or $nor`), and the
+//! filters (equality, `$eq $ne $in $nin $exists`, `$gt $gte $lt $lte` within one type bracket as
+//! MongoDB compares, `$and $or $nor`), and the
 //! stages `$match`, `$addFields`/`$set`, `$project`, `$unset` with the expressions `"$path"`,
 //! `$concat`, `$toString`, `$literal`, `$ifNull`. Anything else is refused with the error a real
 //! server gives, so a test never passes on a pipeline the server silently ignored.
@@ -8,7 +9,7 @@ use std::cmp::Ordering;
 
 use bson::{Bson, Document};
 
-use crate::order::compare;
+use crate::order::{compare, type_rank};
 
 /// A command error: code, code name, message.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,9 +137,14 @@ fn field_matches(v: Option<&Bson>, cond: &Bson) -> Result<bool, CommandError> {
         let ok = match op.as_str() {
             "$eq" => equal(v, arg),
             "$ne" => !equal(v, arg),
-            "$gt" | "$gte" | "$lt" | "$lte" => match v {
-                None => false,
-                Some(v) => {
+            "$gt" | "$gte" | "$lt" | "$lte" => {
+                let one = |v: &Bson| {
+                    // Type bracketing: only values of the argument's type bracket compare
+                    // (`{$gt: 5}` never matches a string); MinKey and MaxKey bound every type.
+                    if type_rank(v) != type_rank(arg) && !matches!(arg, Bson::MinKey | Bson::MaxKey)
+                    {
+                        return false;
+                    }
                     let o = compare(v, arg);
                     match op.as_str() {
                         "$gt" => o == Ordering::Greater,
@@ -146,8 +152,15 @@ fn field_matches(v: Option<&Bson>, cond: &Bson) -> Result<bool, CommandError> {
                         "$lt" => o == Ordering::Less,
                         _ => o != Ordering::Greater,
                     }
+                };
+                match v {
+                    None => false,
+                    Some(Bson::Array(items)) if !matches!(arg, Bson::Array(_)) => {
+                        items.iter().any(one)
+                    }
+                    Some(v) => one(v),
                 }
-            },
+            }
             "$in" | "$nin" => {
                 let Bson::Array(list) = arg else {
                     return Err(CommandError::bad_value(format!("{op} needs an array")));
@@ -396,5 +409,21 @@ mod tests {
         assert!(filtered.is_none());
         let err = apply(&[doc! {"$lookup": {}}], d).unwrap_err();
         assert_eq!(err.code, 40324);
+    }
+
+    #[test]
+    fn range_operators_compare_within_one_type_bracket() {
+        let m = |id: Bson, filter: Document| matches(&doc! {"_id": id}, &filter).unwrap();
+        assert!(m(Bson::Int32(7), doc! {"_id": {"$gt": 5i64}}));
+        assert!(m(Bson::Double(5.5), doc! {"_id": {"$gt": 5}}));
+        // A string sorts after every number, but `$gt` a number never matches it.
+        assert!(!m(Bson::String("a".into()), doc! {"_id": {"$gt": 5}}));
+        assert!(!m(Bson::Int32(1), doc! {"_id": {"$lt": "a"}}));
+        assert!(m(Bson::String("b".into()), doc! {"_id": {"$gte": "b"}}));
+        assert!(m(
+            Bson::String("b".into()),
+            doc! {"_id": {"$gt": Bson::MinKey}}
+        ));
+        assert!(m(Bson::Null, doc! {"_id": {"$lt": Bson::MaxKey}}));
     }
 }

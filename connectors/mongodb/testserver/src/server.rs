@@ -12,6 +12,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::order::Key;
 use crate::pipeline::{matches, CommandError};
 use crate::store::Store;
 use crate::stream::{history_lost, ChangeCursor, Scope, Token, TokenKind};
@@ -551,6 +552,40 @@ fn find(shared: &Shared, db: &str, cmd: &Document) -> Result<Document, CommandEr
         Ok(_) => return Err(CommandError::bad_value("the test server sorts by _id only")),
         Err(_) => false,
     };
+    // `min` is an inclusive index bound: unlike `$gte` it crosses type brackets. MongoDB
+    // requires a `hint` naming the index it bounds; the test server has only `_id`'s.
+    let min = match cmd.get("min") {
+        None => None,
+        Some(Bson::Document(m)) if m.len() == 1 && m.contains_key("_id") => {
+            let id_index = match cmd.get("hint") {
+                Some(Bson::Document(h)) => h.len() == 1 && int(h.get("_id")) == Some(1),
+                Some(Bson::String(h)) => h == "_id_",
+                _ => {
+                    return Err(CommandError::new(
+                        51173,
+                        "Location51173",
+                        "When using min()/max() a hint of which index to use must be provided",
+                    ))
+                }
+            };
+            if !id_index || descending {
+                return Err(CommandError::new(51174, "Location51174", "The index chosen is not valid for min/max: the test server serves min with hint {_id: 1} and an ascending sort"));
+            }
+            m.get("_id").cloned()
+        }
+        Some(_) => {
+            return Err(CommandError::new(
+                51176,
+                "Location51176",
+                "min() must be a document naming the fields of the hinted index ({_id: value})",
+            ))
+        }
+    };
+    if cmd.contains_key("max") {
+        return Err(CommandError::bad_value(
+            "the test server does not serve max()",
+        ));
+    }
     let limit = int(cmd.get("limit")).filter(|l| *l > 0).map(|l| l as usize);
     let skip = int(cmd.get("skip")).unwrap_or(0).max(0) as usize;
     let batch_size = int(cmd.get("batchSize"))
@@ -560,10 +595,10 @@ fn find(shared: &Shared, db: &str, cmd: &Document) -> Result<Document, CommandEr
     let mut state = shared.state.lock();
     let mut docs: Vec<Document> = Vec::new();
     if let Some(c) = state.store.collection(db, coll) {
-        let iter: Box<dyn Iterator<Item = &Document>> = if descending {
-            Box::new(c.values().rev())
-        } else {
-            Box::new(c.values())
+        let iter: Box<dyn Iterator<Item = &Document>> = match (&min, descending) {
+            (Some(min), _) => Box::new(c.range(Key(min.clone())..).map(|(_, d)| d)),
+            (None, true) => Box::new(c.values().rev()),
+            (None, false) => Box::new(c.values()),
         };
         for d in iter {
             if matches(d, &filter)? {
