@@ -103,6 +103,37 @@ fn control_channel(name: &str, configured: Option<&str>) -> Result<ChannelName, 
     )
 }
 
+/// A source whose channel resets are checked here: a connector that recorded a channel the
+/// log refused (an invalid name went to the dead-letter channel instead) must not make the
+/// whole reset fail.
+struct ValidResets<S>(S);
+
+#[async_trait::async_trait]
+impl<S: Source> Source for ValidResets<S> {
+    async fn start(
+        &mut self,
+        from: Option<tidings_connectors_core::SourcePosition>,
+    ) -> Result<(), tidings_connectors_core::SourceError> {
+        self.0.start(from).await
+    }
+    async fn next_batch(
+        &mut self,
+    ) -> Result<tidings_connectors_core::Batch, tidings_connectors_core::SourceError> {
+        self.0.next_batch().await
+    }
+    async fn committed(
+        &mut self,
+        position: &tidings_connectors_core::SourcePosition,
+    ) -> Result<(), tidings_connectors_core::SourceError> {
+        self.0.committed(position).await
+    }
+    fn take_resets(&mut self) -> Vec<String> {
+        let mut resets = self.0.take_resets();
+        resets.retain(|c| ChannelName::parse(c).is_ok());
+        resets
+    }
+}
+
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
 pub type Sources = Vec<(SourceOptions, Box<dyn Source>)>;
 
@@ -115,13 +146,17 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
         let (source, to_dead_letter, dlq): (Box<dyn Source>, bool, ChannelName) = match connector {
             ConnectorConfig::Postgres(pg) => {
                 let dlq = dead_letter(name, pg.dead_letter.as_deref())?;
-                let source =
-                    PostgresSource::new(name.clone(), pg.clone(), dlq.as_str()).map_err(|e| {
+                let mut source = PostgresSource::new(name.clone(), pg.clone(), dlq.as_str())
+                    .map_err(|e| {
                         invalid(
                             format!("connectors.{name}.{}", e.problem.field),
                             e.problem.problem,
                         )
                     })?;
+                source.observe_lag(std::sync::Arc::new(|connector, lag| {
+                    crate::metrics::postgres_slot(connector, lag.lag_bytes, lag.retained_bytes)
+                }));
+                let source = ValidResets(source);
                 let to_dlq = matches!(
                     pg.on_poison,
                     tidings_connector_postgres::OnPoison::DeadLetter

@@ -49,6 +49,30 @@ struct CodeLabel {
     code: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabel {
+    connector: String,
+}
+
+/// Postgres slot lag by connector. Process-wide, because connectors are built before the
+/// server's metrics exist; every [`Metrics`] registers these same families.
+static POSTGRES_SLOT_LAG: std::sync::LazyLock<Family<ConnectorLabel, Gauge>> =
+    std::sync::LazyLock::new(Family::default);
+static POSTGRES_SLOT_RETAINED: std::sync::LazyLock<Family<ConnectorLabel, Gauge>> =
+    std::sync::LazyLock::new(Family::default);
+
+/// Report a Postgres connector's slot: bytes of WAL written since the position it last
+/// confirmed, and bytes of WAL Postgres keeps for it.
+pub fn postgres_slot(connector: &str, lag_bytes: i64, retained_bytes: i64) {
+    let label = ConnectorLabel {
+        connector: connector.to_owned(),
+    };
+    POSTGRES_SLOT_LAG.get_or_create(&label).set(lag_bytes);
+    POSTGRES_SLOT_RETAINED
+        .get_or_create(&label)
+        .set(retained_bytes);
+}
+
 /// Every metric the server emits.
 pub struct Metrics {
     registry: Registry,
@@ -117,6 +141,18 @@ impl Metrics {
             "errors",
             "Errors answered to clients, by code",
             errors.clone(),
+        );
+        registry.register_with_unit(
+            "postgres_slot_lag",
+            "WAL written since the position a Postgres connector last confirmed (pg_current_wal_lsn() - confirmed_flush_lsn)",
+            prometheus_client::registry::Unit::Bytes,
+            POSTGRES_SLOT_LAG.clone(),
+        );
+        registry.register_with_unit(
+            "postgres_slot_retained_wal",
+            "WAL Postgres keeps for a connector's replication slot (pg_current_wal_lsn() - restart_lsn)",
+            prometheus_client::registry::Unit::Bytes,
+            POSTGRES_SLOT_RETAINED.clone(),
         );
         Metrics {
             registry,

@@ -27,6 +27,16 @@ struct InProcess {
 
 impl InProcess {
     async fn start(cluster: &Cluster, adjust: impl FnOnce(&mut PostgresConfig)) -> InProcess {
+        Self::start_named("pg", cluster, adjust).await
+    }
+
+    /// Like [`InProcess::start`], with the connector named `name` (process-wide metrics are
+    /// labelled by connector name, so a test reading them needs its own).
+    async fn start_named(
+        name: &str,
+        cluster: &Cluster,
+        adjust: impl FnOnce(&mut PostgresConfig),
+    ) -> InProcess {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,7 +50,7 @@ impl InProcess {
         adjust(&mut pg);
         config
             .connectors
-            .insert("pg".into(), ConnectorConfig::Postgres(pg));
+            .insert(name.into(), ConnectorConfig::Postgres(pg));
         let sources = tidings::connector::build(&config).unwrap();
         let server = Server::start_with_sources(config, sources).await.unwrap();
         InProcess { server, _dir: dir }
@@ -408,10 +418,7 @@ async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
     let lines = tidings.lines.lock().unwrap().join("\n");
     assert!(lines.contains("does not exist"), "{lines}");
     assert!(lines.contains("can no longer be streamed"), "{lines}");
-    assert!(
-        lines.contains("pg_create_logical_replication_slot('tidings', 'pgoutput')"),
-        "{lines}"
-    );
+    assert!(lines.contains("on_slot_lost"), "{lines}");
     // It did not quietly create a new slot and carry on.
     let slots: i64 = admin
         .query_one("SELECT count(*) FROM pg_replication_slots", &[])
@@ -419,6 +426,190 @@ async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 0);
+
+    // Recreating the slot by hand does not make the hole go away: the slot is past the
+    // checkpoint, and Tidings still refuses to resume across it.
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot('tidings', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap();
+    write_txns(&url, "slot:1", 5, 1, 1).await;
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &url]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success(), "a slot past the checkpoint is a failure");
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(
+        lines.contains("but this connector's checkpoint is at LSN"),
+        "{lines}"
+    );
+    assert!(lines.contains("on_slot_lost"), "{lines}");
+}
+
+/// The recovery the error points to: `on_slot_lost = "recreate"`, and clients holding the old
+/// history are told continuity was lost (a new epoch) instead of resuming across the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovering_from_a_dropped_slot_gives_its_channels_a_new_epoch() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let config = data.path().join("tidings.toml");
+    std::fs::write(
+        &config,
+        format!("[connectors.postgres]\ntype = \"postgres\"\nurl = \"{url}\"\non_slot_lost = \"recreate\"\nstatus_interval = \"500ms\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut tidings = Tidings::serve(data.path(), &["--config", config]).await;
+    write_txns(&url, "slot:1", 0, 3, 1).await;
+    write_txns(&url, "untouched:1", 0, 1, 1).await;
+    expect_messages(&tidings.http(), "slot:1", 3).await;
+    expect_messages(&tidings.http(), "untouched:1", 1).await;
+    let http = reqwest::Client::new();
+    let epoch_of = |base: String, channel: &'static str| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(format!("{base}/v1/channels/{channel}/messages?after=0"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["epoch"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = epoch_of(tidings.http(), "slot:1").await;
+    tidings.kill9().await;
+
+    let admin = pg.sql().await;
+    admin
+        .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+        .await
+        .unwrap();
+    // Committed while there is no slot: lost, which is why the channel gets a new epoch.
+    write_txns(&url, "slot:1", 3, 2, 1).await;
+
+    let tidings = Tidings::serve(data.path(), &["--config", config]).await;
+    let slot_back = wait_for_slot(&admin, "tidings").await;
+    assert!(slot_back, "the connector created the slot again");
+    write_txns(&url, "slot:1", 5, 2, 1).await;
+    let items = expect_messages(&tidings.http(), "slot:1", 2).await;
+    let txns: Vec<u64> = items
+        .iter()
+        .map(|m| m["data"]["txn"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        txns,
+        [5, 6],
+        "the new history holds what was committed after recovery"
+    );
+    let after = epoch_of(tidings.http(), "slot:1").await;
+    assert_ne!(before, after, "slot:1 has a new epoch");
+    // A channel with no message in the hole is reset too: the connector cannot know what the
+    // lost WAL held, so every channel it published to restarts.
+    assert_ne!(
+        epoch_of(tidings.http(), "untouched:1").await,
+        before,
+        "untouched:1 has a new epoch"
+    );
+    // A client resuming from the old history is told continuity was lost.
+    let ws = format!("ws://{}/v1/connect", tidings.addr.as_deref().unwrap());
+    let mut client = common::Client::connect(&ws, Some(KEY)).await;
+    let attached = client
+        .attach(
+            "slot:1",
+            serde_json::json!({"from": {"epoch": before, "serial": 3}}),
+        )
+        .await;
+    assert_eq!(attached["resumed"], false, "{attached}");
+    assert_eq!(attached["reason"], "epoch_changed", "{attached}");
+    assert_eq!(attached["epoch"], after.as_str(), "{attached}");
+    assert!(tidings
+        .logged("replication slot lost changes; its channels get a new epoch and clients resync")
+        .iter()
+        .any(|l| l["loss"] == "dropped"));
+}
+
+/// The slot dropped under a running connector (walsender terminated first, as an operator
+/// would have to): with `on_slot_lost = "recreate"` it recovers without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_dropped_while_streaming_is_recreated_and_its_channels_reset() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |c| {
+        c.on_slot_lost = tidings_connector_postgres::OnSlotLost::Recreate;
+    })
+    .await;
+    write_txns(&pg.url(), "live:1", 0, 2, 1).await;
+    expect_messages(&t.http(), "live:1", 2).await;
+    let before = t
+        .server
+        .log()
+        .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+        .epoch;
+    let admin = pg.sql().await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'tidings' AND active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        if admin
+            .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "could not drop the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wait_for_slot(&admin, "tidings").await, "recreated");
+    write_txns(&pg.url(), "live:1", 2, 2, 1).await;
+    let items = expect_messages(&t.http(), "live:1", 2).await;
+    assert_eq!(items[0]["data"]["txn"], 2, "{items:?}");
+    assert_ne!(
+        t.server
+            .log()
+            .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+            .epoch,
+        before,
+        "a new epoch"
+    );
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+/// Wait until `slot` exists.
+async fn wait_for_slot(admin: &tokio_postgres::Client, slot: &str) -> bool {
+    let deadline = Instant::now() + CATCH_UP;
+    while Instant::now() < deadline {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -605,13 +796,13 @@ async fn the_migrate_command_is_idempotent_and_creates_the_slot() {
         String::from_utf8(out.stdout).unwrap()
     };
     let first = run();
-    assert!(first.contains("applied migrations [1]"), "{first}");
+    assert!(first.contains("applied migrations [1, 2]"), "{first}");
     assert!(
         first.contains("created replication slot tidings"),
         "{first}"
     );
     let second = run();
-    assert!(second.contains("up to date (migration 1)"), "{second}");
+    assert!(second.contains("up to date (migration 2)"), "{second}");
     assert!(
         second.contains("replication slot tidings exists"),
         "{second}"
@@ -687,4 +878,66 @@ async fn tls_verify_full_streams_and_a_wrong_ca_is_refused() {
     assert!(!status.success());
     let lines = tidings.lines.lock().unwrap().join("\n");
     assert!(lines.contains("sslrootcert"), "{lines}");
+}
+
+/// `tidings_postgres_slot_lag_bytes{connector}` from `GET /metrics`.
+async fn slot_lag(base: &str, connector: &str) -> Option<i64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("tidings_postgres_slot_lag_bytes{{connector=\"{connector}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Slot lag is reported, grows while the connector cannot confirm, and falls once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start_named("lagged", &pg, |_| {}).await;
+    write_txns(&pg.url(), "lag:1", 0, 1, 1).await;
+    expect_messages(&t.http(), "lag:1", 1).await;
+    let first = wait_for_lag(&t.http(), |_| true).await;
+    assert!(first < 1 << 20, "caught up, yet {first} bytes behind");
+
+    // Hold the connector back: it records a new channel before handing out its first
+    // message, and that table is locked. Meanwhile other tables write 8 MB of WAL.
+    let mut blocker = pg.sql().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE tidings.connector_channels IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    write_txns(&pg.url(), "lag:2", 0, 1, 1).await;
+    let c = pg.sql().await;
+    c.batch_execute(
+        "CREATE TABLE filler (x text); INSERT INTO filler SELECT repeat('f', 1000) FROM generate_series(1, 8000)",
+    )
+    .await
+    .unwrap();
+    let behind = wait_for_lag(&t.http(), |lag| lag > 8_000_000).await;
+    lock.rollback().await.unwrap();
+    expect_messages(&t.http(), "lag:2", 1).await;
+    let caught_up = wait_for_lag(&t.http(), |lag| lag < 1 << 20).await;
+    eprintln!("slot lag: {first} B caught up, {behind} B held back, {caught_up} B after");
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+/// Poll the `lagged` connector's lag until `ok` holds; returns that reading.
+async fn wait_for_lag(base: &str, ok: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + CATCH_UP;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = slot_lag(base, "lagged").await;
+        if let Some(lag) = last.filter(|l| ok(*l)) {
+            return lag;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot lag never reached the expected value; last reading {last:?}");
 }

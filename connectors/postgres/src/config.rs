@@ -35,6 +35,19 @@ pub enum OnPoison {
     Stop,
 }
 
+/// What to do when the replication slot no longer has the changes after the checkpoint
+/// (dropped, invalidated by Postgres, recreated, or advanced by someone else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSlotLost {
+    /// Stop the connector, saying what was lost and how to recover.
+    #[default]
+    Fail,
+    /// Create the slot again (dropping an invalidated one first), continue from it, and give
+    /// every channel this connector published to a new epoch so clients resync.
+    Recreate,
+}
+
 /// `sslmode`, as libpq spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
@@ -120,6 +133,9 @@ pub struct PostgresConfig {
     /// What to do with a poison row.
     #[serde(default)]
     pub on_poison: OnPoison,
+    /// What to do when the slot lost changes Tidings had not read.
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
     /// Delete outbox rows once their messages are durable in the log.
     #[serde(default = "default_true")]
     pub cleanup: bool,
@@ -197,6 +213,7 @@ impl PostgresConfig {
             message_prefix: default_message_prefix(),
             dead_letter: None,
             on_poison: OnPoison::default(),
+            on_slot_lost: OnSlotLost::default(),
             cleanup: true,
             cleanup_batch: DEFAULT_CLEANUP_BATCH,
             cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
@@ -332,6 +349,19 @@ mod tests {
             "url": "postgres://h/db", "slots": "x"
         }));
         assert!(unknown.unwrap_err().to_string().contains("slots"));
+    }
+
+    #[test]
+    fn on_slot_lost_defaults_to_fail_and_names_its_values() {
+        let c = parse("url = \"postgres://u@h/db\"");
+        assert_eq!(c.on_slot_lost, OnSlotLost::Fail);
+        let c = parse("url = \"postgres://u@h/db\"\non_slot_lost = \"recreate\"");
+        assert_eq!(c.on_slot_lost, OnSlotLost::Recreate);
+        let bad = serde_json::from_value::<PostgresConfig>(serde_json::json!({
+            "url": "postgres://h/db", "on_slot_lost": "ignore"
+        }));
+        let e = bad.unwrap_err().to_string();
+        assert!(e.contains("fail") && e.contains("recreate"), "{e}");
     }
 
     #[test]

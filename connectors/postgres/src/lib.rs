@@ -13,13 +13,15 @@
 pub mod cleanup;
 pub mod config;
 pub mod connection;
+pub mod lag;
 pub mod migrate;
 pub mod outbox;
 pub mod pgoutput;
 pub mod slot;
 pub mod source;
 pub mod tls;
+pub mod tracking;
 
-pub use config::{ConnectionUrl, OnPoison, PostgresConfig};
+pub use config::{ConnectionUrl, OnPoison, OnSlotLost, PostgresConfig};
 pub use migrate::{migrate, MigrateError, Report as MigrateReport, SlotOutcome};
 pub use source::{BuildError, PostgresSource};

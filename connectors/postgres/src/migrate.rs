@@ -14,11 +14,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("../../../migrations/postgres/0001_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        sql: include_str!("../../../migrations/postgres/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "connector_channels",
+        sql: include_str!("../../../migrations/postgres/0002_connector_channels.sql"),
+    },
+];
 
 /// Advisory lock key of `tidings migrate` (an arbitrary constant: "tidings" in ASCII).
 const LOCK_KEY: i64 = 0x0074_6964_696e_6773;

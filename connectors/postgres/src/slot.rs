@@ -15,7 +15,40 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Bytes of WAL the slot holds back (`pg_current_wal_lsn() - restart_lsn`).
     pub lag_bytes: i64,
+    /// With `on_slot_lost = "recreate"`: the slot had lost changes after the checkpoint, and
+    /// streaming goes on from a slot that does not have them.
+    pub lost: Option<Loss>,
 }
+
+/// How a slot lost the changes after the connector's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The slot did not exist: it was dropped; a new one was created.
+    Dropped,
+    /// Postgres invalidated it (`wal_status = lost`); it was dropped and created again.
+    Invalidated,
+    /// The slot's confirmed position is past the checkpoint: it was recreated, advanced, or
+    /// read by another consumer, and the changes in between never reached Tidings.
+    Ahead {
+        /// The slot's `confirmed_flush_lsn`.
+        slot_at: Lsn,
+    },
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loss::Dropped => f.write_str("dropped"),
+            Loss::Invalidated => f.write_str("invalidated"),
+            Loss::Ahead { slot_at } => {
+                write!(f, "ahead of the checkpoint (at {})", format_lsn(*slot_at))
+            }
+        }
+    }
+}
+
+/// The fix for a lost slot, shared by every loss.
+const RECOVER: &str = "set `on_slot_lost = \"recreate\"` on the connector and restart: Tidings creates the slot again if needed, continues from it, and gives every channel it published to a new epoch so clients resync (they are told continuity was lost). Rows committed while the slot was missing are not streamed: re-insert the outbox rows clients must see";
 
 fn fatal(what: impl Into<String>, fix: impl Into<String>) -> SourceError {
     SourceError::Fatal {
@@ -81,12 +114,16 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Check the server can stream to us, and find or create the slot.
 ///
-/// `resuming` is the stored checkpoint: with one, a missing slot means changes were lost.
+/// `resuming` is the stored checkpoint: with one, a missing slot, an invalidated one, or one
+/// whose confirmed position is past the checkpoint means changes were lost. Then `recreate`
+/// (`on_slot_lost = "recreate"`) recovers and says so in [`SlotState::lost`]; otherwise the
+/// answer is a fatal error saying what was lost and how to recover.
 pub async fn prepare(
     client: &Client,
     slot: &str,
     publication: &str,
     resuming: Option<Lsn>,
+    recreate: bool,
 ) -> Result<SlotState, SourceError> {
     let q = |doing: &'static str| move |e| sql_error(doing, e);
     let wal_level: String = client
@@ -140,14 +177,18 @@ pub async fn prepare(
         .map_err(q("cannot look up the replication slot"))?;
     let Some(row) = found else {
         if let Some(lsn) = resuming {
+            if recreate {
+                tracing::warn!(%slot, checkpoint = %format_lsn(lsn), "the replication slot was dropped; creating it again (on_slot_lost = \"recreate\")");
+                let mut state = create(client, slot).await?;
+                state.lost = Some(Loss::Dropped);
+                return Ok(state);
+            }
             return Err(fatal(
                 format!(
-                    "replication slot {slot:?} does not exist, but this connector's checkpoint is at LSN {}: the slot was dropped, and with it the WAL of every change committed after that point that Tidings had not read yet. Those outbox rows can no longer be streamed",
+                    "replication slot {slot:?} does not exist, but this connector's checkpoint is at LSN {}: the slot was dropped, and with it the WAL of every change committed after that point that Tidings had not read yet. Those changes can no longer be streamed",
                     format_lsn(lsn)
                 ),
-                format!(
-                    "create the slot again (SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');) and restart Tidings: it resumes from the new slot. Rows committed while there was no slot are not streamed: re-insert the ones clients must see (unpublished rows are still in the outbox table unless the application deleted them)"
-                ),
+                RECOVER,
             ));
         }
         return create(client, slot).await;
@@ -165,13 +206,46 @@ pub async fn prepare(
         ));
     }
     if wal_status.as_deref() == Some("lost") {
-        return Err(lost(slot));
+        if !recreate {
+            return Err(lost(slot));
+        }
+        tracing::warn!(%slot, "the replication slot was invalidated; dropping and creating it again (on_slot_lost = \"recreate\")");
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(q("cannot drop the invalidated replication slot"))?;
+        let mut state = create(client, slot).await?;
+        state.lost = Some(Loss::Invalidated);
+        return Ok(state);
     }
     let confirmed: Option<String> = row.get(4);
+    let confirmed_flush = confirmed.as_deref().and_then(parse_lsn).unwrap_or(0);
+    // Tidings confirms only positions already stored as its checkpoint, so a slot past the
+    // checkpoint is not the slot Tidings read from (or someone else read from it).
+    let lost = match resuming {
+        Some(at) if confirmed_flush > at => {
+            if !recreate {
+                return Err(fatal(
+                    format!(
+                        "replication slot {slot:?} is at LSN {} but this connector's checkpoint is at LSN {}: the slot was recreated, advanced (pg_replication_slot_advance) or read by another consumer, so the changes committed in between never reached Tidings and can no longer be streamed",
+                        format_lsn(confirmed_flush),
+                        format_lsn(at)
+                    ),
+                    format!("{RECOVER}. If another program reads this slot, give each its own slot (the connector's `slot` option)"),
+                ));
+            }
+            tracing::warn!(%slot, checkpoint = %format_lsn(at), slot_at = %format_lsn(confirmed_flush), "the replication slot is past the checkpoint; continuing from it (on_slot_lost = \"recreate\")");
+            Some(Loss::Ahead {
+                slot_at: confirmed_flush,
+            })
+        }
+        _ => None,
+    };
     Ok(SlotState {
         created: false,
-        confirmed_flush: confirmed.as_deref().and_then(parse_lsn).unwrap_or(0),
+        confirmed_flush,
         lag_bytes: row.get(5),
+        lost,
     })
 }
 
@@ -179,7 +253,7 @@ pub async fn prepare(
 pub fn lost(slot: &str) -> SourceError {
     fatal(
         format!("replication slot {slot:?} was invalidated by Postgres (wal_status = lost, usually max_slot_wal_keep_size was exceeded while Tidings was behind or down): the WAL of changes Tidings had not read yet was removed, and those outbox rows can no longer be streamed"),
-        format!("drop and recreate the slot (SELECT pg_drop_replication_slot('{slot}'); SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');), restart Tidings, and re-insert the outbox rows clients must see; raise max_slot_wal_keep_size to survive longer outages"),
+        format!("{RECOVER}; raise max_slot_wal_keep_size to survive longer outages"),
     )
 }
 
@@ -198,6 +272,7 @@ async fn create(client: &Client, slot: &str) -> Result<SlotState, SourceError> {
                 created: true,
                 confirmed_flush: parse_lsn(&lsn).unwrap_or(0),
                 lag_bytes: 0,
+                lost: None,
             })
         }
         // Another instance created it in the meantime: stream from it.
@@ -206,6 +281,7 @@ async fn create(client: &Client, slot: &str) -> Result<SlotState, SourceError> {
                 created: false,
                 confirmed_flush: 0,
                 lag_bytes: 0,
+                lost: None,
             })
         }
         Err(e) => Err(sql_error("cannot create the replication slot", e)),

@@ -8,9 +8,18 @@
 //! `message_id`), stable across replays, so anything replayed deduplicates in the log.
 //!
 //! Confirmation. Postgres hears (standby status update) only positions passed to
-//! [`Source::committed`]. When nothing is open and everything handed out is durable, a
-//! transaction without outbox rows, or a keepalive's `wal_end`, is confirmed as well, so an
-//! idle outbox on a busy database does not make the slot hold back WAL.
+//! [`Source::committed`], so the slot's `confirmed_flush_lsn` never passes the stored
+//! checkpoint. When nothing is open and everything handed out is durable, the end of a
+//! transaction without outbox rows, or a keepalive's `wal_end`, is handed out as an empty
+//! batch (at most once per status interval), so an idle outbox on a busy database does not
+//! make the slot hold back WAL, and the invariant still holds.
+//!
+//! Slot loss. Because of that invariant, a slot that is missing, invalidated, or whose
+//! confirmed position is past the checkpoint lost changes Tidings never read. By default the
+//! connector stops and says how to recover; with `on_slot_lost = "recreate"` it continues from
+//! a new slot and its first batch (empty, at the new slot's position) asks the server to give
+//! every channel it ever published to (recorded in `tidings.connector_channels`, see
+//! [`crate::tracking`]) a new epoch.
 //!
 //! Memory budget. A transaction with more than `max_batch_messages` rows is handed out in
 //! parts: each part but the last carries the previous checkpoint as its position (a crash in
@@ -18,16 +27,20 @@
 //! end LSN. Readers may see such a transaction's messages before all of it is in the log.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
 use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
 
 use crate::cleanup::Cleanup;
-use crate::config::{OnPoison, PostgresConfig};
+use crate::config::{OnPoison, OnSlotLost, PostgresConfig};
 use crate::connection::Settings;
+use crate::lag::{LagObserver, LagReader, SlotStatus};
 use crate::outbox::{self, OutboxColumns};
 use crate::pgoutput::{self, format_lsn, Lsn};
 use crate::slot;
+use crate::tracking::Tracker;
 
 /// A Postgres outbox connector.
 pub struct PostgresSource {
@@ -48,6 +61,18 @@ pub struct PostgresSource {
     /// Highest position confirmed to Postgres.
     confirmed: Lsn,
     cleanup: Option<Cleanup>,
+    tracker: Tracker,
+    /// A slot loss was recovered from: hand out an empty batch resetting these channels.
+    pending_reset: Option<Vec<String>>,
+    /// Channels to reset with the batch just handed out.
+    resets: Vec<String>,
+    /// The latest position with nothing for the log (empty transaction, keepalive).
+    idle: Option<Lsn>,
+    /// When the last idle position was handed out.
+    idle_handed: Instant,
+    status: Arc<SlotStatus>,
+    lag_observer: Option<LagObserver>,
+    lag: Option<LagReader>,
 }
 
 /// The transaction being read.
@@ -85,6 +110,14 @@ impl PostgresSource {
         let settings =
             crate::connection::Settings::parse(config.url.expose()).expect("validated above");
         Ok(PostgresSource {
+            tracker: Tracker::new(&name, settings.clone()),
+            pending_reset: None,
+            resets: Vec::new(),
+            idle: None,
+            idle_handed: Instant::now(),
+            status: Arc::new(SlotStatus::default()),
+            lag_observer: None,
+            lag: None,
             name,
             config,
             settings,
@@ -98,6 +131,16 @@ impl PostgresSource {
             confirmed: 0,
             cleanup: None,
         })
+    }
+
+    /// The slot's latest lag reading, for the connector's status.
+    pub fn status(&self) -> Arc<SlotStatus> {
+        self.status.clone()
+    }
+
+    /// Call `observer` with each reading of the slot's lag (every `status_interval`).
+    pub fn observe_lag(&mut self, observer: LagObserver) {
+        self.lag_observer = Some(observer);
     }
 
     fn confirm(&mut self, lsn: Lsn) {
@@ -191,7 +234,7 @@ impl PostgresSource {
         Ok(())
     }
 
-    fn emitted(
+    async fn emitted(
         &mut self,
         transactional: bool,
         lsn: Lsn,
@@ -220,21 +263,38 @@ impl PostgresSource {
             Err(problem) => self.poison(problem, lsn, id)?,
         };
         let position = lsn.max(self.durable);
-        self.handed = Some(position);
-        Ok(Some(Batch {
-            messages: vec![p],
-            position: SourcePosition::PostgresLsn(position),
-        }))
+        self.hand_out(vec![p], Vec::new(), position).await.map(Some)
     }
 
-    fn hand_out(&mut self, messages: Vec<Publish>, rows: Vec<i64>, position: Lsn) -> Batch {
+    async fn hand_out(
+        &mut self,
+        messages: Vec<Publish>,
+        rows: Vec<i64>,
+        position: Lsn,
+    ) -> Result<Batch, SourceError> {
+        // Recorded before the messages can reach the log: a slot loss later resets them.
+        self.tracker.record(&messages).await?;
         tracing::debug!(source = %self.name, messages = messages.len(), position = %format_lsn(position), "batch handed out");
         self.handed = Some(position);
         self.handed_rows = rows;
-        Batch {
+        Ok(Batch {
             messages,
             position: SourcePosition::PostgresLsn(position),
+        })
+    }
+
+    /// Nothing for the log up to `end`: remember it, to be handed out as an empty batch.
+    fn idle_at(&mut self, end: Lsn) {
+        if self.txn.is_none() && self.all_durable() && end > self.durable {
+            self.idle = Some(self.idle.map_or(end, |i| i.max(end)));
         }
+    }
+
+    /// When the remembered idle position may be handed out.
+    fn idle_due(&self) -> Option<Instant> {
+        self.idle.filter(|i| *i > self.durable)?;
+        (self.txn.is_none() && self.all_durable())
+            .then(|| self.idle_handed + self.config.status_interval)
     }
 }
 
@@ -256,13 +316,28 @@ fn lsn_of(position: &SourcePosition) -> Result<Lsn, SourceError> {
 }
 
 /// Map a replication session error to a retry decision.
-fn stream_error(slot_name: &str, e: PgWireError) -> SourceError {
+fn stream_error(slot_name: &str, recreate: bool, e: PgWireError) -> SourceError {
     let text = e.to_string();
+    let slot_gone = match &e {
+        PgWireError::Server(msg) => {
+            (msg.contains("42704") && msg.contains("replication slot"))
+                || msg.contains("can no longer get changes")
+                || msg.contains("invalidated")
+        }
+        _ => false,
+    };
+    if slot_gone && recreate {
+        // The restart finds the slot missing or lost and recovers (on_slot_lost = "recreate").
+        return SourceError::Transient {
+            what: format!("replication slot {slot_name:?} was lost while streaming ({text}); recovering from a new slot"),
+            source: Some(Box::new(e)),
+        };
+    }
     match &e {
         PgWireError::Server(msg) if msg.contains("42704") && msg.contains("replication slot") => {
             SourceError::Fatal {
                 what: format!("replication slot {slot_name:?} disappeared while streaming ({msg}); changes committed after the last checkpoint that Tidings had not read can no longer be streamed"),
-                fix: format!("create it again (SELECT pg_create_logical_replication_slot('{slot_name}', 'pgoutput');), restart Tidings, and re-insert the outbox rows clients must see"),
+                fix: "set `on_slot_lost = \"recreate\"` on the connector and restart: Tidings creates the slot again, continues from it, and gives every channel it published to a new epoch so clients resync; re-insert the outbox rows clients must see".into(),
             }
         }
         PgWireError::Server(msg)
@@ -296,12 +371,36 @@ impl Source for PostgresSource {
         self.txn = None;
         self.handed = None;
         self.handed_rows.clear();
+        self.resets.clear();
+        self.pending_reset = None;
+        self.idle = None;
         let from = from.as_ref().map(lsn_of).transpose()?;
         let sql = self.settings.connect_sql().await.map_err(|e| {
             slot::sql_error(&format!("cannot connect to {}", self.settings.display()), e)
         })?;
-        let state = slot::prepare(&sql, &self.config.slot, &self.config.publication, from).await?;
+        let state = slot::prepare(
+            &sql,
+            &self.config.slot,
+            &self.config.publication,
+            from,
+            self.config.on_slot_lost == OnSlotLost::Recreate,
+        )
+        .await?;
         drop(sql);
+        self.tracker.check().await?;
+        if let Some(loss) = state.lost {
+            let channels = self.tracker.channels().await?;
+            tracing::warn!(
+                source = %self.name,
+                slot = %self.config.slot,
+                %loss,
+                checkpoint = %format_lsn(from.unwrap_or(0)),
+                resumes_at = %format_lsn(state.confirmed_flush),
+                channels = channels.len(),
+                "replication slot lost changes; its channels get a new epoch and clients resync"
+            );
+            self.pending_reset = Some(channels);
+        }
         // Postgres starts at the later of our position and the slot's confirmed position.
         self.durable = from.unwrap_or(0).max(state.confirmed_flush);
         self.confirmed = self.durable;
@@ -323,14 +422,31 @@ impl Source for PostgresSource {
         if self.durable > 0 {
             cfg = cfg.with_ack_lsn(PgLsn::from_u64(self.durable));
         }
-        let mut stream = ReplicationClient::connect(cfg)
-            .await
-            .map_err(|e| stream_error(&self.config.slot, e))?;
-        stream
-            .wait_started()
-            .await
-            .map_err(|e| stream_error(&self.config.slot, e))?;
+        let mut stream = ReplicationClient::connect(cfg).await.map_err(|e| {
+            stream_error(
+                &self.config.slot,
+                self.config.on_slot_lost == OnSlotLost::Recreate,
+                e,
+            )
+        })?;
+        stream.wait_started().await.map_err(|e| {
+            stream_error(
+                &self.config.slot,
+                self.config.on_slot_lost == OnSlotLost::Recreate,
+                e,
+            )
+        })?;
         self.stream = Some(stream);
+        if self.lag.is_none() {
+            self.lag = Some(LagReader::spawn(
+                self.name.clone(),
+                self.settings.clone(),
+                self.config.slot.clone(),
+                self.config.status_interval,
+                self.status.clone(),
+                self.lag_observer.clone(),
+            ));
+        }
         if self.config.cleanup && self.cleanup.is_none() {
             self.cleanup = Some(Cleanup::spawn(
                 self.settings.clone(),
@@ -343,14 +459,37 @@ impl Source for PostgresSource {
     }
 
     async fn next_batch(&mut self) -> Result<Batch, SourceError> {
+        if let Some(channels) = self.pending_reset.take() {
+            // The first batch after a recovered slot loss: nothing but the new position and
+            // the channels whose history has a hole.
+            self.resets = channels;
+            let position = self.durable;
+            return self.hand_out(Vec::new(), Vec::new(), position).await;
+        }
         loop {
+            if let Some(at) = self.idle.filter(|i| *i > self.durable) {
+                if self.idle_due().is_some_and(|due| due <= Instant::now()) {
+                    self.idle = None;
+                    self.idle_handed = Instant::now();
+                    return self.hand_out(Vec::new(), Vec::new(), at).await;
+                }
+            }
+            let due = self.idle_due();
             let Some(stream) = self.stream.as_mut() else {
                 return Err(SourceError::Transient {
                     what: "the replication session is not started".into(),
                     source: None,
                 });
             };
-            let event = match stream.recv().await {
+            let received = match due {
+                // Wake up to hand out the idle position if nothing else comes first.
+                Some(due) => tokio::select! {
+                    r = stream.recv() => r,
+                    _ = tokio::time::sleep_until(due.into()) => continue,
+                },
+                None => stream.recv().await,
+            };
+            let event = match received {
                 Ok(Some(ev)) => ev,
                 Ok(None) => {
                     self.stream = None;
@@ -361,7 +500,11 @@ impl Source for PostgresSource {
                 }
                 Err(e) => {
                     self.stream = None;
-                    return Err(stream_error(&self.config.slot, e));
+                    return Err(stream_error(
+                        &self.config.slot,
+                        self.config.on_slot_lost == OnSlotLost::Recreate,
+                        e,
+                    ));
                 }
             };
             match event {
@@ -386,7 +529,7 @@ impl Source for PostgresSource {
                         let messages = std::mem::take(&mut txn.messages);
                         let rows = std::mem::take(&mut txn.rows);
                         let position = self.durable;
-                        return Ok(self.hand_out(messages, rows, position));
+                        return self.hand_out(messages, rows, position).await;
                     }
                 }
                 ReplicationEvent::Message {
@@ -398,7 +541,8 @@ impl Source for PostgresSource {
                     if prefix != self.config.message_prefix {
                         continue;
                     }
-                    if let Some(batch) = self.emitted(transactional, lsn.as_u64(), &content)? {
+                    if let Some(batch) = self.emitted(transactional, lsn.as_u64(), &content).await?
+                    {
                         return Ok(batch);
                     }
                 }
@@ -408,23 +552,16 @@ impl Source for PostgresSource {
                     };
                     let end = end_lsn.as_u64();
                     if txn.messages.is_empty() && !txn.split {
-                        // Nothing for the log: confirm it directly once all before is durable.
-                        if self.all_durable() {
-                            self.durable = self.durable.max(end);
-                            self.confirm(end);
-                        }
+                        // Nothing for the log: its end is handed out as an idle position.
+                        self.idle_at(end);
                         continue;
                     }
-                    return Ok(self.hand_out(txn.messages, txn.rows, end));
+                    return self.hand_out(txn.messages, txn.rows, end).await;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // The walsender has sent everything before wal_end: with no transaction
                     // open and nothing waiting to become durable, there is nothing to lose.
-                    if self.txn.is_none() && self.all_durable() {
-                        let end = wal_end.as_u64();
-                        self.durable = self.durable.max(end);
-                        self.confirm(end);
-                    }
+                    self.idle_at(wal_end.as_u64());
                 }
                 ReplicationEvent::StoppedAt { .. } => {
                     self.stream = None;
@@ -435,6 +572,10 @@ impl Source for PostgresSource {
                 }
             }
         }
+    }
+
+    fn take_resets(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.resets)
     }
 
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError> {
