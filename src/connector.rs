@@ -80,6 +80,7 @@ pub fn validate(connectors: &BTreeMap<String, ConnectorConfig>) -> Result<(), Co
                 pg.validate()
                     .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
                 dead_letter(name, pg.dead_letter.as_deref())?;
+                postgres_control_channel(name, pg.control_channel.as_deref())?;
             }
             ConnectorConfig::Mongodb(mongo) => {
                 mongo
@@ -134,6 +135,19 @@ impl<S: Source> Source for ValidResets<S> {
     }
 }
 
+/// The control channel of Postgres connector `name` (a truncate of a captured table).
+fn postgres_control_channel(
+    name: &str,
+    configured: Option<&str>,
+) -> Result<ChannelName, ConfigError> {
+    own_channel(
+        name,
+        "control_channel",
+        configured,
+        format!("postgres:{name}"),
+    )
+}
+
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
 pub type Sources = Vec<(SourceOptions, Box<dyn Source>)>;
 
@@ -146,13 +160,15 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
         let (source, to_dead_letter, dlq): (Box<dyn Source>, bool, ChannelName) = match connector {
             ConnectorConfig::Postgres(pg) => {
                 let dlq = dead_letter(name, pg.dead_letter.as_deref())?;
+                let control = postgres_control_channel(name, pg.control_channel.as_deref())?;
                 let mut source = PostgresSource::new(name.clone(), pg.clone(), dlq.as_str())
                     .map_err(|e| {
                         invalid(
                             format!("connectors.{name}.{}", e.problem.field),
                             e.problem.problem,
                         )
-                    })?;
+                    })?
+                    .with_control_channel(control.as_str());
                 source.observe_lag(std::sync::Arc::new(|connector, lag| {
                     crate::metrics::postgres_slot(connector, lag.lag_bytes, lag.retained_bytes)
                 }));

@@ -127,6 +127,13 @@ pub struct PostgresConfig {
     /// `pg_logical_emit_message` prefix of table-free outbox messages.
     #[serde(default = "default_message_prefix")]
     pub message_prefix: String,
+    /// Channel template for plain table capture, e.g. `products:{store_id}`: every table of
+    /// the publication other than the outbox becomes row-change messages. Off when unset.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Channel of table-level events (a truncate of a captured table); default `postgres:NAME`.
+    #[serde(default)]
+    pub control_channel: Option<String>,
     /// Channel that poison rows go to; default `dead:NAME`.
     #[serde(default)]
     pub dead_letter: Option<String>,
@@ -211,6 +218,8 @@ impl PostgresConfig {
             publication: default_publication(),
             outbox_table: default_outbox_table(),
             message_prefix: default_message_prefix(),
+            channel: None,
+            control_channel: None,
             dead_letter: None,
             on_poison: OnPoison::default(),
             on_slot_lost: OnSlotLost::default(),
@@ -253,6 +262,11 @@ impl PostgresConfig {
                         self.outbox_table
                     ),
                 )
+            }
+        }
+        if let Some(template) = &self.channel {
+            if let Err(e) = tidings_connectors_core::route::ChannelTemplate::parse(template) {
+                return bad("channel", e.problem);
             }
         }
         if self.message_prefix.is_empty() || self.message_prefix.contains('\0') {

@@ -10,6 +10,7 @@
 //! `docs/postgres.md`); ordinary SQL (checks, slot creation, clean-up, migrations) is
 //! `tokio-postgres`. This crate depends on `tidings-connectors-core` only, never on the server.
 
+pub mod capture;
 pub mod cleanup;
 pub mod config;
 pub mod connection;

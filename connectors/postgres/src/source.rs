@@ -31,8 +31,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
+use tidings_connectors_core::route::ChannelTemplate;
 use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
 
+use crate::capture::{self, Op, Table};
 use crate::cleanup::Cleanup;
 use crate::config::{OnPoison, OnSlotLost, PostgresConfig};
 use crate::connection::Settings;
@@ -49,8 +51,12 @@ pub struct PostgresSource {
     settings: Settings,
     dead_letter: String,
     stream: Option<ReplicationClient>,
-    /// Relations of this session, by oid; `Some` columns for the outbox table.
-    relations: HashMap<u32, Option<OutboxColumns>>,
+    /// Relations of this session, by oid.
+    relations: HashMap<u32, Rel>,
+    /// Plain table capture: the channel template, when configured.
+    template: Option<ChannelTemplate>,
+    /// Channel of table-level events (truncate).
+    control_channel: String,
     txn: Option<Txn>,
     /// The last position known durable (checkpoint, slot start, or `committed`).
     durable: Lsn,
@@ -75,10 +81,23 @@ pub struct PostgresSource {
     lag: Option<LagReader>,
 }
 
+/// What a relation of the publication is to this connector.
+#[derive(Debug, Clone)]
+enum Rel {
+    /// The outbox table, with its columns.
+    Outbox(OutboxColumns),
+    /// A captured table (a channel template is configured).
+    Table(Box<Table>),
+    /// Not captured.
+    Ignored,
+}
+
 /// The transaction being read.
 struct Txn {
     /// Its commit LSN (`final_lsn` of Begin): the base of its message ids.
     commit_lsn: Lsn,
+    /// Its commit time, microseconds since 2000-01-01.
+    commit_time: i64,
     next_index: u64,
     messages: Vec<Publish>,
     rows: Vec<i64>,
@@ -109,7 +128,13 @@ impl PostgresSource {
         })?;
         let settings =
             crate::connection::Settings::parse(config.url.expose()).expect("validated above");
+        let template = config
+            .channel
+            .as_deref()
+            .map(|t| ChannelTemplate::parse(t).expect("validated above"));
         Ok(PostgresSource {
+            template,
+            control_channel: format!("postgres:{name}"),
             tracker: Tracker::new(&name, settings.clone()),
             pending_reset: None,
             resets: Vec::new(),
@@ -131,6 +156,13 @@ impl PostgresSource {
             confirmed: 0,
             cleanup: None,
         })
+    }
+
+    /// Publish table-level events (a truncate of a captured table) on `channel` instead of
+    /// `postgres:NAME`.
+    pub fn with_control_channel(mut self, channel: impl Into<String>) -> Self {
+        self.control_channel = channel.into();
+        self
     }
 
     /// The slot's latest lag reading, for the connector's status.
@@ -158,7 +190,7 @@ impl PostgresSource {
     }
 
     fn poison(&self, problem: String, commit_lsn: Lsn, id: String) -> Result<Publish, SourceError> {
-        tracing::warn!(source = %self.name, %problem, commit_lsn = %format_lsn(commit_lsn), "poison outbox change");
+        tracing::warn!(source = %self.name, %problem, commit_lsn = %format_lsn(commit_lsn), "poison change");
         match self.config.on_poison {
             OnPoison::Stop => Err(SourceError::Fatal {
                 what: format!(
@@ -182,48 +214,138 @@ impl PostgresSource {
         }
     }
 
+    /// Describe a relation: the outbox, a captured table, or neither.
+    async fn relation(&mut self, rel: crate::pgoutput::Relation) -> Result<Rel, SourceError> {
+        let (schema, table) = self.config.outbox();
+        if rel.namespace == schema && rel.name == table {
+            return Ok(Rel::Outbox(OutboxColumns::of(&rel)));
+        }
+        if self.template.is_none() {
+            return Ok(Rel::Ignored);
+        }
+        // REPLICA IDENTITY FULL flags every column as key: clients know rows by the primary key.
+        let full = rel.replica_identity == b'f';
+        let oid = rel.oid;
+        let mut table = Table::new(rel);
+        if full {
+            let pk = self.tracker.primary_key(oid).await?;
+            table = table.with_key_columns(&pk);
+        }
+        Ok(Rel::Table(Box::new(table)))
+    }
+
+    fn relation_of(&self, oid: u32) -> Result<Rel, SourceError> {
+        self.relations.get(&oid).cloned().ok_or_else(|| {
+            protocol(format!(
+                "a change to relation {oid} arrived before its description"
+            ))
+        })
+    }
+
+    /// The next message id of the open transaction.
+    fn next_id(&mut self) -> Result<(String, capture::At), SourceError> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(protocol("a change arrived outside a transaction".into()));
+        };
+        let id = outbox::derived_id(txn.commit_lsn, txn.next_index);
+        txn.next_index += 1;
+        Ok((
+            id,
+            capture::At {
+                commit_lsn: txn.commit_lsn,
+                commit_time: txn.commit_time,
+            },
+        ))
+    }
+
+    /// Add a message, or the poison it is, to the open transaction.
+    fn push(
+        &mut self,
+        result: Result<Publish, String>,
+        at: capture::At,
+        id: String,
+    ) -> Result<(), SourceError> {
+        let p = match result {
+            Ok(p) => p,
+            Err(problem) => self.poison(problem, at.commit_lsn, id)?,
+        };
+        self.txn.as_mut().expect("open").messages.push(p);
+        Ok(())
+    }
+
+    /// A row change of a captured table.
+    fn table_change(
+        &mut self,
+        table: &Table,
+        op: Op,
+        old: Option<&pgoutput::Tuple>,
+        new: Option<&pgoutput::Tuple>,
+    ) -> Result<(), SourceError> {
+        let (id, at) = self.next_id()?;
+        let template = self
+            .template
+            .as_ref()
+            .expect("tables are captured with a template");
+        let result = capture::change(table, op, old, new, template, at, id.clone());
+        self.push(result, at, id)
+    }
+
     /// Apply one pgoutput change of the open transaction.
-    fn change(&mut self, message: pgoutput::Message) -> Result<(), SourceError> {
+    async fn change(&mut self, message: pgoutput::Message) -> Result<(), SourceError> {
         use pgoutput::Message as M;
         match message {
             M::Relation(rel) => {
-                let (schema, table) = self.config.outbox();
-                let cols =
-                    (rel.namespace == schema && rel.name == table).then(|| OutboxColumns::of(&rel));
-                self.relations.insert(rel.oid, cols);
+                let oid = rel.oid;
+                let described = self.relation(rel).await?;
+                self.relations.insert(oid, described);
             }
-            M::Insert { relation, new } => {
-                let cols = match self.relations.get(&relation) {
-                    Some(Some(cols)) => cols.clone(),
-                    // Another table of the publication: not captured by the outbox connector.
-                    Some(None) => return Ok(()),
-                    None => {
-                        return Err(protocol(format!(
-                            "an insert into relation {relation} arrived before its description"
-                        )))
+            M::Insert { relation, new } => match self.relation_of(relation)? {
+                Rel::Outbox(cols) => {
+                    let (id, at) = self.next_id()?;
+                    match outbox::row(&cols, &new, id.clone()) {
+                        Ok(row) => {
+                            let txn = self.txn.as_mut().expect("open");
+                            txn.rows.extend(row.row_id);
+                            txn.messages.push(row.publish);
+                        }
+                        Err(problem) => self.push(Err(problem), at, id)?,
                     }
-                };
-                let Some(txn) = self.txn.as_mut() else {
-                    return Err(protocol("an insert arrived outside a transaction".into()));
-                };
-                let id = outbox::derived_id(txn.commit_lsn, txn.next_index);
-                txn.next_index += 1;
-                let commit_lsn = txn.commit_lsn;
-                match outbox::row(&cols, &new, id.clone()) {
-                    Ok(row) => {
-                        let txn = self.txn.as_mut().expect("open");
-                        txn.rows.extend(row.row_id);
-                        txn.messages.push(row.publish);
-                    }
-                    Err(problem) => {
-                        let p = self.poison(problem, commit_lsn, id)?;
-                        self.txn.as_mut().expect("open").messages.push(p);
+                }
+                Rel::Table(table) => self.table_change(&table, Op::Insert, None, Some(&new))?,
+                // Another table of the publication: not captured.
+                Rel::Ignored => {}
+            },
+            M::Update { relation, old, new } => {
+                // The outbox publishes inserts; its updates are not messages.
+                if let Rel::Table(table) = self.relation_of(relation)? {
+                    self.table_change(&table, Op::Update, old.as_ref(), Some(&new))?;
+                }
+            }
+            M::Delete { relation, old } => {
+                if let Rel::Table(table) = self.relation_of(relation)? {
+                    self.table_change(&table, Op::Delete, Some(&old), None)?;
+                }
+            }
+            M::Truncate { relations, .. } => {
+                for oid in relations {
+                    if let Some(Rel::Table(table)) = self.relations.get(&oid).cloned() {
+                        let (id, at) = self.next_id()?;
+                        let p = Publish {
+                            channel: self.control_channel.clone(),
+                            name: Some("truncate".into()),
+                            data: Some(serde_json::json!({
+                                "op": "truncate",
+                                "ns": {"schema": table.relation.namespace, "table": table.relation.name},
+                                "commit_lsn": format_lsn(at.commit_lsn),
+                                "commit_time": capture::commit_time(at.commit_time),
+                            })),
+                            headers: None,
+                            id: Some(id.clone()),
+                        };
+                        self.push(Ok(p), at, id)?;
                     }
                 }
             }
-            // The outbox publishes inserts; updates, deletes and truncates of other tables in a
-            // wider publication are not this connector's business.
-            M::Update { .. } | M::Delete { .. } | M::Truncate { .. } => {}
             M::Type { .. } | M::Origin { .. } => {}
             M::Begin { .. } | M::Commit { .. } | M::Message { .. } => {
                 return Err(protocol(
@@ -508,12 +630,17 @@ impl Source for PostgresSource {
                 }
             };
             match event {
-                ReplicationEvent::Begin { final_lsn, .. } => {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     if self.txn.is_some() {
                         return Err(protocol("a transaction began inside another".into()));
                     }
                     self.txn = Some(Txn {
                         commit_lsn: final_lsn.as_u64(),
+                        commit_time: commit_time_micros,
                         next_index: 0,
                         messages: Vec::new(),
                         rows: Vec::new(),
@@ -522,7 +649,7 @@ impl Source for PostgresSource {
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     let message = pgoutput::decode(&data).map_err(|e| protocol(e.to_string()))?;
-                    self.change(message)?;
+                    self.change(message).await?;
                     let limit = self.config.max_batch_messages;
                     if let Some(txn) = self.txn.as_mut().filter(|t| t.messages.len() >= limit) {
                         txn.split = true;

@@ -118,6 +118,23 @@ impl Tracker {
         Ok(())
     }
 
+    /// The primary key columns of the table `oid`, in key order (empty without one).
+    pub async fn primary_key(&mut self, oid: u32) -> Result<Vec<String>, SourceError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| sql_error("cannot look up a captured table's primary key", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Every channel recorded for this connector.
     pub async fn channels(&mut self) -> Result<Vec<String>, SourceError> {
         let name = self.name.clone();
