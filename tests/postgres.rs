@@ -1061,3 +1061,93 @@ async fn tables_of_the_publication_become_normalized_row_changes() {
     t.server.shutdown();
     t.server.wait().await;
 }
+
+/// Whether every session of the connector (application_name `tidings`) uses TLS, and how
+/// many there are.
+async fn connector_sessions_tls(c: &tokio_postgres::Client) -> (i64, Option<bool>) {
+    let row = c
+        .query_one(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name = 'tidings'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// `prefer`, `require` and `verify-ca` against a server with TLS: each streams, encrypted.
+/// `verify-ca` checks the chain but not the name (the certificate names `localhost`, the URL
+/// says 127.0.0.1), which `verify-full` refuses. Against a server without TLS, `prefer` falls
+/// back to plain and `require` stops with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sslmodes_prefer_require_and_verify_ca_behave_as_libpq() {
+    let pg = Cluster::start_tls();
+    pg.migrate().await;
+    let admin = pg.sql().await;
+    let by_ip = |mode: &str| {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/postgres?sslmode={mode}&sslrootcert={}",
+            support::USER,
+            support::PASSWORD,
+            pg.port,
+            pg.ca_pem().display()
+        )
+    };
+    for (n, mode) in ["prefer", "require", "verify-ca"].into_iter().enumerate() {
+        let url = by_ip(mode);
+        let t = InProcess::start(&pg, |c| c.url = ConnectionUrl::new(url.clone())).await;
+        let channel = format!("ssl:{n}");
+        write_txns(&pg.url(), &channel, 0, 2, 1).await;
+        expect_messages(&t.http(), &channel, 2).await;
+        let (sessions, all_tls) = connector_sessions_tls(&admin).await;
+        assert!(sessions >= 2, "{mode}: {sessions} sessions");
+        assert_eq!(
+            all_tls,
+            Some(true),
+            "{mode}: every connector session uses TLS"
+        );
+        t.server.shutdown();
+        t.server.wait().await;
+        // Let the sessions of this run end before the next mode counts its own.
+        let deadline = Instant::now() + CATCH_UP;
+        while connector_sessions_tls(&admin).await.0 > 0 {
+            assert!(Instant::now() < deadline, "{mode}: sessions linger");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // verify-full checks the host name: 127.0.0.1 is not in the certificate.
+    let data = tempfile::tempdir().unwrap();
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &by_ip("verify-full")]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success());
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("sslrootcert"), "{lines}");
+
+    // A server without TLS.
+    let plain = Cluster::start();
+    plain.migrate().await;
+    let prefer = plain.url().replace("sslmode=disable", "sslmode=prefer");
+    let t = InProcess::start(&plain, |c| c.url = ConnectionUrl::new(prefer.clone())).await;
+    write_txns(&plain.url(), "plain:1", 0, 2, 1).await;
+    expect_messages(&t.http(), "plain:1", 2).await;
+    let (sessions, all_tls) = connector_sessions_tls(&plain.sql().await).await;
+    assert!(sessions >= 2);
+    assert_eq!(all_tls, Some(false), "prefer falls back to plain");
+    t.server.shutdown();
+    t.server.wait().await;
+    let require = plain.url().replace("sslmode=disable", "sslmode=require");
+    let data = tempfile::tempdir().unwrap();
+    let mut tidings = Tidings::spawn(data.path(), &["--postgres", &require]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success());
+    let lines = tidings.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("server does not support TLS"), "{lines}");
+    assert!(lines.contains("ssl = on"), "{lines}");
+}

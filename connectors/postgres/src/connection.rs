@@ -29,6 +29,9 @@ pub struct Settings {
     pub ssl: SslMode,
     pub ssl_root_cert: Option<PathBuf>,
     sql: tokio_postgres::Config,
+    /// `verify-ca`: a name the server's certificate presents, learnt by the SQL session's
+    /// handshake when the host is not one of them (see [`Settings::replication`]).
+    cert_name: crate::tls::CertName,
 }
 
 impl Settings {
@@ -88,6 +91,7 @@ impl Settings {
             ssl,
             ssl_root_cert,
             sql,
+            cert_name: Default::default(),
         })
     }
 
@@ -107,12 +111,20 @@ impl Settings {
             }
             SslMode::Prefer => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                let tls = crate::tls::MakeRustls::new(self.ssl, self.ssl_root_cert.as_deref());
+                let tls = crate::tls::MakeRustls::new(
+                    self.ssl,
+                    self.ssl_root_cert.as_deref(),
+                    self.cert_name.clone(),
+                );
                 spawn(config.connect(tls).await?)
             }
             _ => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let tls = crate::tls::MakeRustls::new(self.ssl, self.ssl_root_cert.as_deref());
+                let tls = crate::tls::MakeRustls::new(
+                    self.ssl,
+                    self.ssl_root_cert.as_deref(),
+                    self.cert_name.clone(),
+                );
                 spawn(config.connect(tls).await?)
             }
         }
@@ -127,7 +139,14 @@ impl Settings {
                 ..TlsConfig::default()
             },
             SslMode::Require => TlsConfig::require(),
-            SslMode::VerifyCa => TlsConfig::verify_ca(self.ssl_root_cert.clone()),
+            SslMode::VerifyCa => TlsConfig {
+                // pgwire-replication 0.5's verify-ca still refuses a host name the certificate
+                // does not present (it misses rustls' NotValidForNameContext). The chain is
+                // what verify-ca checks, so present the name the certificate has, as learnt by
+                // the SQL session, which always connects first.
+                sni_hostname: self.cert_name.get().filter(|n| *n != self.host),
+                ..TlsConfig::verify_ca(self.ssl_root_cert.clone())
+            },
             SslMode::VerifyFull => TlsConfig::verify_full(self.ssl_root_cert.clone()),
         };
         // A Unix socket never does TLS (as libpq): `prefer` means plain there.

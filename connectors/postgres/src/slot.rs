@@ -77,11 +77,16 @@ pub fn sql_error(doing: &str, e: tokio_postgres::Error) -> SourceError {
         _ => None,
     };
     let what = format!("{doing}: {}", describe(&e));
-    // A certificate that does not verify will not fix itself by retrying.
+    // A server without TLS, or a certificate that does not verify, will not fix itself by
+    // retrying.
     let fatal_fix = fatal_fix.or_else(|| {
-        e.to_string()
-            .contains("TLS handshake")
-            .then_some("check sslmode and sslrootcert in the URL against the server's certificate")
+        if what.contains("server does not support TLS") {
+            Some("the server has TLS off: enable it (ssl = on with a certificate in postgresql.conf), or use sslmode=prefer or sslmode=disable in the URL")
+        } else {
+            e.to_string().contains("TLS handshake").then_some(
+                "check sslmode and sslrootcert in the URL against the server's certificate",
+            )
+        }
     });
     match fatal_fix {
         Some(fix) => fatal(what, fix),

@@ -21,6 +21,30 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 use crate::config::SslMode;
 
+/// `verify-ca`: the first name a server's certificate presented when it did not match the
+/// host, shared by the clones of one connection's settings.
+#[derive(Debug, Clone, Default)]
+pub struct CertName(Arc<std::sync::Mutex<Option<String>>>);
+
+impl CertName {
+    /// The name learnt, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok()?.clone()
+    }
+
+    fn learn(&self, presented: &[String]) {
+        // rustls formats presented names as `DnsName("db.internal")`; take the first DNS one.
+        let name = presented.iter().find_map(|p| {
+            p.strip_prefix("DnsName(\"")
+                .and_then(|rest| rest.strip_suffix("\")"))
+                .map(str::to_owned)
+        });
+        if let (Some(name), Ok(mut slot)) = (name, self.0.lock()) {
+            *slot = Some(name);
+        }
+    }
+}
+
 /// Makes TLS connections for tokio-postgres.
 #[derive(Clone)]
 pub struct MakeRustls {
@@ -28,10 +52,11 @@ pub struct MakeRustls {
 }
 
 impl MakeRustls {
-    /// A connector for `mode`; a CA file that cannot be read surfaces at connect time.
-    pub fn new(mode: SslMode, root_cert: Option<&Path>) -> Self {
+    /// A connector for `mode`; a CA file that cannot be read surfaces at connect time. With
+    /// `verify-ca`, a name the certificate presents instead of the host is kept in `learnt`.
+    pub fn new(mode: SslMode, root_cert: Option<&Path>, learnt: CertName) -> Self {
         MakeRustls {
-            config: client_config(mode, root_cert).map(Arc::new),
+            config: client_config(mode, root_cert, learnt).map(Arc::new),
         }
     }
 }
@@ -40,7 +65,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig, String> {
+fn client_config(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+    learnt: CertName,
+) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -63,7 +92,7 @@ fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(ChainOnly(webpki, learnt))
             }
         }
         _ => Arc::new(AnyCertificate(provider())),
@@ -125,7 +154,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// `verify-ca`: the chain must lead to the CA; the name may differ.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct ChainOnly(Arc<WebPkiServerVerifier>, CertName);
 
 impl ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
@@ -140,10 +169,15 @@ impl ServerCertVerifier for ChainOnly {
             .0
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
         {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { presented, .. },
+            )) => {
+                self.1.learn(&presented);
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
