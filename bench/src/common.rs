@@ -362,6 +362,19 @@ pub fn proc_cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The sum of a /proc/PID/status field over comma-separated pids (a peer may be several
+/// processes: Node and Redis); None when any cannot be read.
+pub fn pids_status_kib(pids: &str, field: &str) -> Option<u64> {
+    pids.split(',')
+        .map(|p| proc_status_kib(p.trim(), field))
+        .sum()
+}
+
+/// The sum of CPU seconds over comma-separated pids; None when any cannot be read.
+pub fn pids_cpu_secs(pids: &str) -> Option<f64> {
+    pids.split(',').map(|p| proc_cpu_secs(p.trim())).sum()
+}
+
 /// CPU use of this process and, when given, the server over an interval.
 pub struct CpuMeter {
     pid: Option<String>,
@@ -376,7 +389,7 @@ impl CpuMeter {
             pid: pid.map(str::to_string),
             start: Instant::now(),
             self0: proc_cpu_secs("self"),
-            server0: pid.and_then(proc_cpu_secs),
+            server0: pid.and_then(pids_cpu_secs),
         }
     }
 
@@ -395,10 +408,10 @@ impl CpuMeter {
             }
         }
         if let (Some(pid), Some(a)) = (&self.pid, self.server0) {
-            if let Some(b) = proc_cpu_secs(pid) {
+            if let Some(b) = pids_cpu_secs(pid) {
                 r.num("server_cpu_pct", (b - a) / secs * 100.0, "%");
             }
-            if let Some(rss) = proc_status_kib(pid, "VmRSS") {
+            if let Some(rss) = pids_status_kib(pid, "VmRSS") {
                 r.int("server_rss_kib", rss, "KiB");
             }
         }

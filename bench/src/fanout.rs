@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{self, Report, Target, STAMP};
 use crate::http;
+use crate::system::{self, Sub, System, SystemArgs};
 
 /// How the subscribers receive (the publisher always uses WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +43,8 @@ impl Transport {
 pub struct FanoutArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub system: SystemArgs,
     /// Subscribers to open, all attached to the channel.
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
@@ -75,7 +78,8 @@ pub struct FanoutArgs {
     /// Spread connections over 127.0.0.1..127.0.0.N (more ephemeral ports); 1 = don't bind.
     #[arg(long, default_value_t = 1)]
     pub source_ips: u8,
-    /// Server process id, to report its CPU use and RSS.
+    /// Server process ids (comma-separated: a peer may be several processes), to report
+    /// their CPU use and RSS.
     #[arg(long)]
     pub pid: Option<String>,
     /// API key (ID:SECRET) of the publisher, when it should not count against the
@@ -108,6 +112,8 @@ struct SubStats {
 const SHARDS: usize = 8;
 
 struct Shared {
+    target: Target,
+    system: SystemArgs,
     url: String,
     bearer: String,
     transport: Transport,
@@ -157,6 +163,23 @@ fn on_message(
 ) -> Option<u64> {
     let sent = common::find_u64(s, STAMP)?;
     let serial = common::find_u64(s, "\"serial\":");
+    account(st, h, last, sent, serial, now);
+    if serial.is_none() {
+        sh.note_error(format!("message without serial: {s}"));
+    }
+    serial
+}
+
+/// Account one message: latency from its send instant, continuity from its serial (Tidings) or
+/// sequence number (peers).
+fn account(
+    st: &SubStats,
+    h: &mut Histogram<u64>,
+    last: &mut u64,
+    sent: u64,
+    serial: Option<u64>,
+    now: u64,
+) {
     common::record_ns(h, now.saturating_sub(sent));
     match serial {
         Some(n) if n > *last => {
@@ -170,9 +193,8 @@ fn on_message(
         Some(_) => {
             st.out_of_order.fetch_add(1, Ordering::Relaxed);
         }
-        None => sh.note_error(format!("message without serial: {s}")),
+        None => {}
     }
-    serial
 }
 
 /// Mark a subscriber attached (or failed) and count it as settled.
@@ -226,6 +248,9 @@ where
 
 async fn subscriber(i: usize, sh: Arc<Shared>) {
     let local_ip = (!sh.source_ips.is_empty()).then(|| sh.source_ips[i % sh.source_ips.len()]);
+    if sh.system.system != System::Tidings {
+        return peer_subscriber(i, &sh, local_ip).await;
+    }
     match sh.transport {
         Transport::Websocket => ws_subscriber(i, &sh, local_ip).await,
         Transport::Sse => sse_subscriber(i, &sh, local_ip).await,
@@ -546,6 +571,53 @@ async fn ws_subscriber(i: usize, sh: &Shared, local_ip: Option<std::net::IpAddr>
     mark_closed(sh, st, i, reason);
 }
 
+/// A subscriber of a peer system: the same continuity and latency accounting, with the
+/// payload's sequence number in place of the serial (peers subscribe before the first publish,
+/// so every subscriber expects every message).
+async fn peer_subscriber(i: usize, sh: &Shared, local_ip: Option<std::net::IpAddr>) {
+    let st = &sh.subs[i];
+    let opened = {
+        let _permit = sh.connect_sem.acquire().await;
+        async {
+            let mut sub = Sub::connect(&sh.system, &sh.target, local_ip, 8).await?;
+            sub.subscribe(&[(sh.channel.clone(), None)]).await?;
+            Ok::<_, anyhow::Error>(sub)
+        }
+        .await
+    };
+    let mut sub = match opened {
+        Ok(sub) => {
+            settle(sh, st, i, Ok(0));
+            sub
+        }
+        Err(e) => {
+            settle(sh, st, i, Err(e));
+            return;
+        }
+    };
+    let shard = &sh.hist[i % SHARDS];
+    let mut last = 0;
+    let mut out = Vec::new();
+    let reason = loop {
+        if let Err(e) = sub.next(&mut out).await {
+            break format!("{e:#}");
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let now = common::now_ns();
+        let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for d in out.drain(..) {
+            let prev = last;
+            account(st, &mut h, &mut last, d.sent_ns, Some(d.seq), now);
+            if d.seq <= prev {
+                sh.note_anomaly(|| format!("subscriber {i}: sequence {} after {prev}", d.seq));
+            }
+        }
+    };
+    mark_closed(sh, st, i, reason);
+}
+
 /// Acked serials, error count, first error and ack latencies, as the ack reader saw them.
 type AckTally = (Vec<(u64, u64)>, u64, Option<String>, Histogram<u64>);
 
@@ -691,9 +763,40 @@ pub async fn publish_paced(
     })
 }
 
+/// Publish to a peer; its sequence numbers 1..=N stand in for the serials.
+async fn peer_publish(a: &FanoutArgs, channel: &str) -> Result<PublishOutcome> {
+    let p = system::publish_paced(
+        &a.system,
+        &a.target,
+        None,
+        &[channel.to_string()],
+        |_| 0,
+        a.rate,
+        a.duration,
+        a.size,
+        None,
+        None,
+    )
+    .await?;
+    Ok(PublishOutcome {
+        sent: p.sent,
+        serials: (1..=p.acked.min(p.sent)).collect(),
+        order_inversions: 0,
+        errors: p.errors,
+        first_error: p.first_error,
+        stalls: 0,
+        send_secs: p.send_secs,
+        ack_latency: p.ack_latency,
+    })
+}
+
 pub async fn run(a: &FanoutArgs) -> Result<Report> {
     let channel = common::channel_or_fresh(&a.channel, "fanout");
     let mut r = Report::new("fanout");
+    r.text("system", a.system.system.name());
+    if a.system.system != System::Tidings && a.transport != Transport::Websocket {
+        bail!("peers are driven over WebSocket only (--transport websocket)");
+    }
     r.text("channel", &channel);
     r.text("transport", a.transport.name());
     r.int("subscribers", a.subscribers as u64, "");
@@ -711,6 +814,8 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
         format!("{host}:{port}")
     };
     let sh = Arc::new(Shared {
+        target: a.target.clone(),
+        system: a.system.clone(),
         url: a.target.ws_url(),
         bearer: a.target.bearer(),
         transport: a.transport,
@@ -792,16 +897,20 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
     if let Some(k) = &a.publisher_key {
         pub_target.key = k.clone();
     }
-    let outcome = match publish_paced(
-        &pub_target,
-        &channel,
-        a.rate,
-        a.duration,
-        a.size,
-        a.max_inflight,
-    )
-    .await
-    {
+    let published = if a.system.system == System::Tidings {
+        publish_paced(
+            &pub_target,
+            &channel,
+            a.rate,
+            a.duration,
+            a.size,
+            a.max_inflight,
+        )
+        .await
+    } else {
+        peer_publish(a, &channel).await
+    };
+    let outcome = match published {
         Ok(o) => o,
         Err(e) => {
             for t in &tasks {

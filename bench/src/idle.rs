@@ -10,16 +10,19 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{self, Report, Target};
+use crate::system::{Sub, System, SystemArgs};
 
 /// Arguments of `idle`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub system: SystemArgs,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
-    /// Server process id whose VmRSS is read before and after.
+    /// Server process ids (comma-separated) whose summed VmRSS is read before and after.
     #[arg(long)]
     pub pid: Option<String>,
     /// Attach each connection to a channel (see --distinct-channels).
@@ -44,6 +47,7 @@ pub struct IdleArgs {
 
 pub async fn run(a: &IdleArgs) -> Result<Report> {
     let mut r = Report::new("idle");
+    r.text("system", a.system.system.name());
     r.int("connections", a.connections as u64, "");
     r.text(
         "attach",
@@ -60,7 +64,7 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
     let rss_before = a
         .pid
         .as_deref()
-        .and_then(|p| common::proc_status_kib(p, "VmRSS"));
+        .and_then(|p| common::pids_status_kib(p, "VmRSS"));
     let self_before = common::proc_status_kib("self", "VmRSS");
     let channel = common::channel_or_fresh(&a.channel, "idle");
     let url = a.target.ws_url();
@@ -83,6 +87,7 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
             first_error.clone(),
         );
         let (url, bearer) = (url.clone(), bearer.clone());
+        let (sys, target) = (a.system.clone(), a.target.clone());
         let ch = if a.distinct_channels {
             Some(format!("{channel}-{i}"))
         } else if a.attach {
@@ -92,6 +97,39 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
         };
         let ip = (!ips.is_empty()).then(|| ips[i % ips.len()]);
         tasks.push(tokio::spawn(async move {
+            if sys.system != System::Tidings {
+                let res = {
+                    let _p = sem.acquire().await;
+                    async {
+                        let mut sub = Sub::connect(&sys, &target, ip, 8).await?;
+                        if let Some(ch) = &ch {
+                            sub.subscribe(&[(ch.clone(), None)]).await?;
+                        }
+                        Ok::<_, anyhow::Error>(sub)
+                    }
+                    .await
+                };
+                let mut sub = match res {
+                    Ok(s) => s,
+                    Err(e) => {
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| format!("connection {i}: {e:#}"));
+                        settled.fetch_add(1, Ordering::AcqRel);
+                        return;
+                    }
+                };
+                opened.fetch_add(1, Ordering::AcqRel);
+                settled.fetch_add(1, Ordering::AcqRel);
+                // Peers need no keep-alive from the client; NATS PINGs are answered inside.
+                let mut out = Vec::new();
+                while sub.next(&mut out).await.is_ok() {
+                    out.clear();
+                }
+                closed.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
             let res = {
                 let _p = sem.acquire().await;
                 async {
@@ -157,7 +195,7 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
     let rss_after = a
         .pid
         .as_deref()
-        .and_then(|p| common::proc_status_kib(p, "VmRSS"));
+        .and_then(|p| common::pids_status_kib(p, "VmRSS"));
     if let (Some(b), Some(af)) = (rss_before, rss_after) {
         r.int("server_rss_before_kib", b, "KiB");
         r.int("server_rss_after_kib", af, "KiB");

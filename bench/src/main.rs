@@ -3,21 +3,27 @@
 //! Every subcommand prints a human summary and, with `--json`, one JSON object of figures on
 //! stdout (the summary then goes to stderr). Publisher and subscribers share this process, so
 //! latencies are measured on one clock: each message's data carries its send instant.
+//!
+//! `fanout`, `idle`, `channels` and `storm` drive Tidings or one of its peers (`--system`,
+//! see [`system`]) through the same client code.
 
 mod catchup;
+mod channels;
 mod common;
 mod fanout;
 mod http;
 mod idle;
 mod publish;
 mod smoke;
+mod storm;
+mod system;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "tidings-bench",
-    about = "Load generator for the Tidings server"
+    about = "Load generator for the Tidings server and its benchmark peers"
 )]
 struct Cli {
     /// Print one JSON object of figures on stdout (the human summary goes to stderr).
@@ -37,6 +43,10 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// N idle WebSocket connections: the server's resident memory per connection.
     Idle(idle::IdleArgs),
+    /// N subscribers, each on its own channel plus one shared channel.
+    Channels(channels::ChannelsArgs),
+    /// N subscribers drop at once and reconnect: time until all have caught up.
+    Storm(storm::StormArgs),
     /// C concurrent REST publishers: acknowledged msg/s and request latency.
     Publish(publish::PublishArgs),
     /// Fill a channel with M messages, then time one client replaying them all.
@@ -69,6 +79,8 @@ fn main() {
     let needed = match &cli.cmd {
         Cmd::Fanout(a) => a.subscribers as u64 + 64,
         Cmd::Idle(a) => a.connections as u64 + 64,
+        Cmd::Channels(a) => a.subscribers as u64 + 64,
+        Cmd::Storm(a) => a.subscribers as u64 + 64,
         _ => 0,
     };
     if needed > nofile {
@@ -78,6 +90,8 @@ fn main() {
         let result = match &cli.cmd {
             Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Idle(a) => idle::run(a).await,
+            Cmd::Channels(a) => channels::run(a).await,
+            Cmd::Storm(a) => storm::run(a).await,
             Cmd::Publish(a) => publish::run(a).await,
             Cmd::Catchup(a) => catchup::run(a).await,
             Cmd::Smoke(a) => {

@@ -5,16 +5,23 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::catchup::{self, CatchupArgs, Mode};
+use crate::channels::{self, ChannelsArgs};
 use crate::common::{Report, Target};
 use crate::fanout::{self, FanoutArgs, Transport};
 use crate::idle::{self, IdleArgs};
 use crate::publish::{self, PublishArgs};
+use crate::storm::{self, StormArgs};
+use crate::system::{System, SystemArgs};
 
 /// Arguments of `smoke`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SmokeArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The system to exercise; peers run the scenarios they take part in (fanout, idle,
+    /// channels, storm).
+    #[command(flatten)]
+    pub system: SystemArgs,
     /// Server process id (enables the RSS and CPU figures).
     #[arg(long)]
     pub pid: Option<String>,
@@ -38,6 +45,7 @@ pub async fn run(a: &SmokeArgs) -> Vec<Report> {
     let mut reports = Vec::new();
     let fan = FanoutArgs {
         target: t.clone(),
+        system: a.system.clone(),
         subscribers: a.subscribers,
         transport: Transport::Websocket,
         rate: 100.0,
@@ -53,6 +61,49 @@ pub async fn run(a: &SmokeArgs) -> Vec<Report> {
         publisher_key: a.publisher_key.clone(),
     };
     reports.push(or_failed("fanout", fanout::run(&fan).await));
+    let idl = IdleArgs {
+        target: t.clone(),
+        system: a.system.clone(),
+        connections: a.subscribers,
+        pid: a.pid.clone(),
+        attach: true,
+        distinct_channels: false,
+        channel: None,
+        settle: 1.0,
+        connect_concurrency: 50,
+        source_ips: 1,
+    };
+    reports.push(or_failed("idle", idle::run(&idl).await));
+    let chans = ChannelsArgs {
+        target: t.clone(),
+        system: a.system.clone(),
+        subscribers: a.subscribers,
+        rate: 200.0,
+        shared_every: 10,
+        duration: a.duration,
+        size: 100,
+        connect_concurrency: 50,
+        drain_timeout: 10.0,
+        pid: a.pid.clone(),
+        publisher_key: a.publisher_key.clone(),
+    };
+    reports.push(or_failed("channels", channels::run(&chans).await));
+    let st = StormArgs {
+        target: t.clone(),
+        system: a.system.clone(),
+        subscribers: a.subscribers,
+        rate: 50.0,
+        warmup: 1.0,
+        duration: 10.0 + a.duration,
+        size: 100,
+        connect_concurrency: 50,
+        pid: a.pid.clone(),
+        publisher_key: a.publisher_key.clone(),
+    };
+    reports.push(or_failed("storm", storm::run(&st).await));
+    if a.system.system != System::Tidings {
+        return reports;
+    }
     for transport in [Transport::Sse, Transport::Poll] {
         let f = FanoutArgs {
             subscribers: a.http_subscribers,
@@ -78,18 +129,6 @@ pub async fn run(a: &SmokeArgs) -> Vec<Report> {
         ..publ
     };
     reports.push(or_failed("publish", publish::run(&batch).await));
-    let idl = IdleArgs {
-        target: t.clone(),
-        connections: a.subscribers,
-        pid: a.pid.clone(),
-        attach: true,
-        distinct_channels: false,
-        channel: None,
-        settle: 1.0,
-        connect_concurrency: 50,
-        source_ips: 1,
-    };
-    reports.push(or_failed("idle", idle::run(&idl).await));
     for mode in [Mode::From, Mode::Rewind] {
         let cu = CatchupArgs {
             target: t.clone(),
