@@ -930,3 +930,71 @@ async fn a_snapshot_pages_across_mixed_id_types() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_progress_is_counted_in_the_log_when_stderr_is_not_a_terminal() {
+    use tokio::io::AsyncBufReadExt;
+    let mongo = Mongo::start().await;
+    let n = 2000;
+    for i in 0..n {
+        mongo.insert("orders", doc! {"_id": i, "store": "n1"}).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--api-key", KEY, "--data-dir"])
+        .arg(dir.path())
+        .args(["--mongodb", &mongo.uri, "--collection", &mongo.ns("orders")])
+        .args(["--channel", "orders:{fullDocument.store}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen: Vec<Value> = Vec::new();
+    tokio::time::timeout(WAIT * 2, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let done = v["message"] == "snapshot done";
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("snapshot"))
+            {
+                seen.push(v);
+            }
+            if done {
+                return;
+            }
+        }
+        panic!("tidings exited before the snapshot was done: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `snapshot done` line: {seen:?}"));
+    let find = |m: &str| seen.iter().find(|v| v["message"] == m).cloned();
+    let start = find("snapshot starting").expect("a start line");
+    assert_eq!(
+        start["total_estimated"], n,
+        "the total is the server's count"
+    );
+    // Default pages of 1000: a line at each tenth crossed, so one at half-way.
+    let progress: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v["message"] == "snapshot progress")
+        .collect();
+    assert!(
+        progress.iter().any(|v| v["done"] == 1000
+            && v["total_estimated"] == n
+            && v["percent"] == "50.0"
+            && v["docs_per_s"].is_u64()
+            && v["ns"] == mongo.ns("orders")),
+        "{seen:?}"
+    );
+    let done = find("snapshot done").unwrap();
+    assert_eq!(done["documents"], n, "{done}");
+    assert!(done["docs_per_s"].as_u64().unwrap() > 0, "{done}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod event;
 pub mod position;
+pub mod progress;
 pub mod source;
 
 pub use config::{ConfigProblem, MongoConfig, MongoUri, OnPoison};

@@ -29,6 +29,7 @@ use crate::config::{
 };
 use crate::event::{digest, txn_key, Router};
 use crate::position::{Position, SnapshotProgress, SnapshotReason};
+use crate::progress::{Display, SnapshotMeter};
 
 /// Items queued between the stream task and the source. Bounded: the task waits when full.
 const QUEUE: usize = 4096;
@@ -107,8 +108,9 @@ pub struct MongoSource {
     last_token: Option<Bson>,
     last_batch_at: Instant,
     snapshot_colls: Option<Vec<(String, String)>>,
-    snapshot_read: u64,
-    snapshot_estimate: u64,
+    /// Progress of the snapshot running in this process.
+    meter: Option<SnapshotMeter>,
+    display: Display,
     /// The resume token of the history-lost re-snapshot this process is running, if any: the
     /// reset bookkeeping below belongs to it.
     resnapshot: Option<Bson>,
@@ -181,8 +183,8 @@ impl MongoSource {
             last_token: None,
             last_batch_at: Instant::now(),
             snapshot_colls: None,
-            snapshot_read: 0,
-            snapshot_estimate: 0,
+            meter: None,
+            display: Display::detect(),
             resnapshot: None,
             reset_seen: HashSet::new(),
             reset_pending: Vec::new(),
@@ -451,11 +453,12 @@ impl MongoSource {
         if p.ns.as_ref() != Some(&(db.clone(), coll.clone())) {
             p.after = None;
         }
+        if self.meter.is_none() {
+            self.meter = Some(self.start_meter(&colls, &(db.clone(), coll.clone())).await);
+        }
         let collection = self.client().database(&db).collection::<Document>(&coll);
         if p.after.is_none() {
-            self.snapshot_read = 0;
-            self.snapshot_estimate = collection.estimated_document_count().await.unwrap_or(0);
-            tracing::info!(source = %self.name, ns = %format!("{db}.{coll}"), estimated = self.snapshot_estimate, "snapshot of collection starting");
+            tracing::debug!(source = %self.name, ns = %format!("{db}.{coll}"), "snapshot of collection starting");
         }
         let batch = self.config.snapshot_batch_size;
         // Page by an index bound on `_id`, not by `{_id: {$gt: last}}`: a range filter compares
@@ -507,6 +510,7 @@ impl MongoSource {
         docs.truncate(batch as usize);
         let full = docs.len() == batch as usize;
         let last_id = docs.last().and_then(|d| d.get("_id").cloned());
+        let read = docs.len();
         let mut messages = Vec::with_capacity(docs.len());
         for d in docs {
             for m in self.router.snapshot(&db, &coll, d, &p.resume)? {
@@ -514,8 +518,9 @@ impl MongoSource {
                 messages.push(m);
             }
         }
-        self.snapshot_read += messages.len() as u64;
-        tracing::info!(source = %self.name, ns = %format!("{db}.{coll}"), read = self.snapshot_read, estimated = self.snapshot_estimate, "snapshot progress");
+        if let Some(meter) = &mut self.meter {
+            meter.add(read as u64, &format!("{db}.{coll}"));
+        }
         if full {
             p.ns = Some((db, coll));
             p.after = last_id;
@@ -554,7 +559,41 @@ impl MongoSource {
         self.reset_pending.push(channel.to_owned());
     }
 
+    /// Meter a snapshot run: the estimated documents of every collection, those of the
+    /// collections sorting before `current` counted as done (a run resumed after a restart).
+    async fn start_meter(
+        &self,
+        colls: &[(String, String)],
+        current: &(String, String),
+    ) -> SnapshotMeter {
+        let (mut total, mut done) = (0, 0);
+        for (db, coll) in colls {
+            // An estimate from collection metadata (no scan); progress is not worth failing for.
+            let n = match self
+                .client()
+                .database(db)
+                .collection::<Document>(coll)
+                .estimated_document_count()
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(source = %self.name, ns = %format!("{db}.{coll}"), error = %e, "no document count estimate");
+                    0
+                }
+            };
+            total += n;
+            if (db, coll) < (&current.0, &current.1) {
+                done += n;
+            }
+        }
+        SnapshotMeter::new(&self.name, total, done, self.display)
+    }
+
     fn finish_snapshot(&mut self, p: SnapshotProgress, messages: Vec<Publish>) -> Batch {
+        if let Some(mut meter) = self.meter.take() {
+            meter.finish();
+        }
         tracing::info!(source = %self.name, "snapshot done; streaming changes from the position taken before it");
         let position = Position::Token(p.resume);
         self.reopen = Some(position.clone());
@@ -741,6 +780,7 @@ impl Source for MongoSource {
         self.invalidated = None;
         self.mode = Mode::Streaming;
         self.last_batch_at = Instant::now();
+        self.meter = None;
         // Resets whose batch never became durable happen again when it is read again.
         for channel in self
             .reset_uncommitted
