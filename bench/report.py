@@ -290,7 +290,11 @@ def ratio(t, p):
 def fmt_ratio(r):
     if r is None:
         return "—"
-    return f"{r:.2f}×" if r < 10 else f"{r:.1f}×"
+    if r >= 10:
+        return f"{r:.1f}×"
+    if r >= 0.1:
+        return f"{r:.2f}×"
+    return f"{r:.2g}×"
 
 
 def cell(d, scenario, system, key, unit):
@@ -645,7 +649,9 @@ def main():
         + (" (other work was running on this machine: figures are skewed by it)"
            if _float(a.load) > 0.5 or _float(a.load_end) > 1.5 else "")
     )
-    md.append(f"- Tidings: `{a.server_version}`, commit {a.commit}; {a.rustc}; release build")
+    md.append(f"- Tidings: `{a.server_version}`, commit {a.commit}; {a.rustc}; release build; "
+              "configuration `bench/tidings.toml` (the defaults, with `limits.publish_rate` raised "
+              "so one publisher connection may exceed 1,000 msg/s)")
     md.append(
         f"- Peers: {a.peers}. Node + Redis is `bench/peers/node-redis/server.js` (one Redis "
         "SUBSCRIBE per channel, a loop over the channel's sockets per message); NATS runs "
