@@ -957,7 +957,10 @@ async fn tables_of_the_publication_become_normalized_row_changes() {
              big int8, small int8, flag bool, ratio float8, day date, uid uuid, note text, blob text);
          ALTER TABLE public.products REPLICA IDENTITY FULL;
          CREATE TABLE public.lines (id int PRIMARY KEY, store_id int NOT NULL, qty int);
-         CREATE PUBLICATION shop FOR TABLE public.products, public.lines, tidings.outbox;",
+         CREATE PUBLICATION shop FOR TABLE public.products, public.lines, tidings.outbox;
+         ALTER ROLE tidings SET TimeZone = 'Asia/Kolkata';
+         ALTER ROLE tidings SET DateStyle = 'SQL, DMY';
+         ALTER ROLE tidings SET bytea_output = 'escape';",
     )
     .await
     .unwrap();
@@ -966,8 +969,11 @@ async fn tables_of_the_publication_become_normalized_row_changes() {
         cfg.channel = Some("products:{store_id}".into());
     })
     .await;
+    // The writer's time zone is not UTC: the connector's own session settings decide how
+    // timestamptz values read (UTC), whatever the server or the writer use.
     c.batch_execute(
-        "SET TIME ZONE 'UTC';
+        "SET TIME ZONE 'Asia/Kolkata';
+         SET DateStyle = 'SQL, DMY';
          SET search_path = public;
          BEGIN;
          INSERT INTO products VALUES (1, 7, 'Lamp', 12.50, '{\"a b\",NULL,\"c\\\"d\"}', '{{1,2},{3,4}}',

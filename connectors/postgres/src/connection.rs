@@ -130,6 +130,17 @@ impl Settings {
         }
     }
 
+    /// Session settings of the walsender: pgoutput sends values in their text output form,
+    /// which follows these, so table capture reads one format whatever the server's defaults
+    /// (timestamps in ISO form and UTC, hex bytea). Options from the URL come first; ours win.
+    fn replication_options(&self) -> String {
+        let ours = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c bytea_output=hex";
+        match self.sql.get_options() {
+            Some(user) if !user.trim().is_empty() => format!("{user} {ours}"),
+            _ => ours.to_owned(),
+        }
+    }
+
     /// The replication session's settings for `slot` and `publication`.
     pub fn replication(&self, slot: &str, publication: &str) -> ReplicationConfig {
         let tls = match self.ssl {
@@ -166,6 +177,7 @@ impl Settings {
         .with_port(self.port)
         .with_tls(tls)
         .with_application_name("tidings")
+        .with_options(self.replication_options())
     }
 }
 

@@ -68,6 +68,9 @@ pub struct PostgresSource {
     confirmed: Lsn,
     cleanup: Option<Cleanup>,
     tracker: Tracker,
+    /// Whole transactions received and not handed out yet: consecutive transactions that are
+    /// already here go to the log in one append (group commit), never waiting for more.
+    ready: Option<Ready>,
     /// A slot loss was recovered from: hand out an empty batch resetting these channels.
     pending_reset: Option<Vec<String>>,
     /// Channels to reset with the batch just handed out.
@@ -79,6 +82,14 @@ pub struct PostgresSource {
     status: Arc<SlotStatus>,
     lag_observer: Option<LagObserver>,
     lag: Option<LagReader>,
+}
+
+/// Complete transactions waiting to be handed out together.
+struct Ready {
+    messages: Vec<Publish>,
+    rows: Vec<i64>,
+    /// End LSN of the last of them.
+    end: Lsn,
 }
 
 /// What a relation of the publication is to this connector.
@@ -136,6 +147,7 @@ impl PostgresSource {
             template,
             control_channel: format!("postgres:{name}"),
             tracker: Tracker::new(&name, settings.clone()),
+            ready: None,
             pending_reset: None,
             resets: Vec::new(),
             idle: None,
@@ -356,12 +368,12 @@ impl PostgresSource {
         Ok(())
     }
 
-    async fn emitted(
+    fn emitted(
         &mut self,
         transactional: bool,
         lsn: Lsn,
         content: &[u8],
-    ) -> Result<Option<Batch>, SourceError> {
+    ) -> Result<Option<(Publish, Lsn)>, SourceError> {
         if transactional {
             let Some(txn) = self.txn.as_mut() else {
                 return Err(protocol(
@@ -385,7 +397,122 @@ impl PostgresSource {
             Err(problem) => self.poison(problem, lsn, id)?,
         };
         let position = lsn.max(self.durable);
-        self.hand_out(vec![p], Vec::new(), position).await.map(Some)
+        Ok(Some((p, position)))
+    }
+
+    /// Add whole transactions (or a non-transactional message) to what is ready.
+    fn add_ready(&mut self, messages: Vec<Publish>, rows: Vec<i64>, end: Lsn) {
+        match self.ready.as_mut() {
+            Some(r) => {
+                r.messages.extend(messages);
+                r.rows.extend(rows);
+                r.end = r.end.max(end);
+            }
+            None => {
+                self.ready = Some(Ready {
+                    messages,
+                    rows,
+                    end,
+                })
+            }
+        }
+    }
+
+    /// Apply one replication event; whole transactions go to `ready`.
+    async fn on_event(
+        &mut self,
+        received: Result<Option<ReplicationEvent>, PgWireError>,
+    ) -> Result<(), SourceError> {
+        let event = match received {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                self.stream = None;
+                return Err(SourceError::Transient {
+                    what: "the replication stream ended".into(),
+                    source: None,
+                });
+            }
+            Err(e) => {
+                self.stream = None;
+                return Err(stream_error(
+                    &self.config.slot,
+                    self.config.on_slot_lost == OnSlotLost::Recreate,
+                    e,
+                ));
+            }
+        };
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                if self.txn.is_some() {
+                    return Err(protocol("a transaction began inside another".into()));
+                }
+                self.txn = Some(Txn {
+                    commit_lsn: final_lsn.as_u64(),
+                    commit_time: commit_time_micros,
+                    next_index: 0,
+                    messages: Vec::new(),
+                    rows: Vec::new(),
+                    split: false,
+                });
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = pgoutput::decode(&data).map_err(|e| protocol(e.to_string()))?;
+                self.change(message).await?;
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                if prefix == self.config.message_prefix {
+                    if let Some((p, position)) =
+                        self.emitted(transactional, lsn.as_u64(), &content)?
+                    {
+                        self.add_ready(vec![p], Vec::new(), position);
+                    }
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let Some(txn) = self.txn.take() else {
+                    return Err(protocol("a commit arrived without a transaction".into()));
+                };
+                let end = end_lsn.as_u64();
+                if txn.messages.is_empty() && !txn.split {
+                    if self.ready.is_some() {
+                        // Committed after what is ready and nothing for the log: covered by it.
+                        self.add_ready(Vec::new(), Vec::new(), end);
+                    } else {
+                        // Nothing for the log: its end is handed out as an idle position.
+                        self.idle_at(end);
+                    }
+                } else {
+                    self.add_ready(txn.messages, txn.rows, end);
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // The walsender has sent everything before wal_end: with no transaction
+                // open and nothing waiting to become durable, there is nothing to lose.
+                self.idle_at(wal_end.as_u64());
+            }
+            ReplicationEvent::StoppedAt { .. } => {
+                self.stream = None;
+                return Err(SourceError::Transient {
+                    what: "the replication stream stopped".into(),
+                    source: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn hand_out_ready(&mut self) -> Result<Batch, SourceError> {
+        let r = self.ready.take().expect("something is ready");
+        self.hand_out(r.messages, r.rows, r.end).await
     }
 
     async fn hand_out(
@@ -494,6 +621,7 @@ impl Source for PostgresSource {
         self.handed = None;
         self.handed_rows.clear();
         self.resets.clear();
+        self.ready = None;
         self.pending_reset = None;
         self.idle = None;
         let from = from.as_ref().map(lsn_of).transpose()?;
@@ -588,7 +716,36 @@ impl Source for PostgresSource {
             let position = self.durable;
             return self.hand_out(Vec::new(), Vec::new(), position).await;
         }
+        let limit = self.config.max_batch_messages;
         loop {
+            // A transaction over the memory budget: what is ready goes first, then a part.
+            if self.txn.as_ref().is_some_and(|t| t.messages.len() >= limit) {
+                if self.ready.is_some() {
+                    return self.hand_out_ready().await;
+                }
+                let txn = self.txn.as_mut().expect("checked");
+                txn.split = true;
+                let messages = std::mem::take(&mut txn.messages);
+                let rows = std::mem::take(&mut txn.rows);
+                let position = self.durable;
+                return self.hand_out(messages, rows, position).await;
+            }
+            if let Some(ready) = &self.ready {
+                // Take more only while it is already here; never wait with something ready.
+                let full = ready.messages.len() >= limit;
+                let stream = self.stream.as_mut().expect("ready implies a session");
+                let more = if full {
+                    None
+                } else {
+                    tokio::time::timeout(std::time::Duration::ZERO, stream.recv())
+                        .await
+                        .ok()
+                };
+                match more {
+                    Some(received) => self.on_event(received).await?,
+                    None => return self.hand_out_ready().await,
+                }
+            }
             if let Some(at) = self.idle.filter(|i| *i > self.durable) {
                 if self.idle_due().is_some_and(|due| due <= Instant::now()) {
                     self.idle = None;
@@ -611,93 +768,7 @@ impl Source for PostgresSource {
                 },
                 None => stream.recv().await,
             };
-            let event = match received {
-                Ok(Some(ev)) => ev,
-                Ok(None) => {
-                    self.stream = None;
-                    return Err(SourceError::Transient {
-                        what: "the replication stream ended".into(),
-                        source: None,
-                    });
-                }
-                Err(e) => {
-                    self.stream = None;
-                    return Err(stream_error(
-                        &self.config.slot,
-                        self.config.on_slot_lost == OnSlotLost::Recreate,
-                        e,
-                    ));
-                }
-            };
-            match event {
-                ReplicationEvent::Begin {
-                    final_lsn,
-                    commit_time_micros,
-                    ..
-                } => {
-                    if self.txn.is_some() {
-                        return Err(protocol("a transaction began inside another".into()));
-                    }
-                    self.txn = Some(Txn {
-                        commit_lsn: final_lsn.as_u64(),
-                        commit_time: commit_time_micros,
-                        next_index: 0,
-                        messages: Vec::new(),
-                        rows: Vec::new(),
-                        split: false,
-                    });
-                }
-                ReplicationEvent::XLogData { data, .. } => {
-                    let message = pgoutput::decode(&data).map_err(|e| protocol(e.to_string()))?;
-                    self.change(message).await?;
-                    let limit = self.config.max_batch_messages;
-                    if let Some(txn) = self.txn.as_mut().filter(|t| t.messages.len() >= limit) {
-                        txn.split = true;
-                        let messages = std::mem::take(&mut txn.messages);
-                        let rows = std::mem::take(&mut txn.rows);
-                        let position = self.durable;
-                        return self.hand_out(messages, rows, position).await;
-                    }
-                }
-                ReplicationEvent::Message {
-                    transactional,
-                    lsn,
-                    prefix,
-                    content,
-                } => {
-                    if prefix != self.config.message_prefix {
-                        continue;
-                    }
-                    if let Some(batch) = self.emitted(transactional, lsn.as_u64(), &content).await?
-                    {
-                        return Ok(batch);
-                    }
-                }
-                ReplicationEvent::Commit { end_lsn, .. } => {
-                    let Some(txn) = self.txn.take() else {
-                        return Err(protocol("a commit arrived without a transaction".into()));
-                    };
-                    let end = end_lsn.as_u64();
-                    if txn.messages.is_empty() && !txn.split {
-                        // Nothing for the log: its end is handed out as an idle position.
-                        self.idle_at(end);
-                        continue;
-                    }
-                    return self.hand_out(txn.messages, txn.rows, end).await;
-                }
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    // The walsender has sent everything before wal_end: with no transaction
-                    // open and nothing waiting to become durable, there is nothing to lose.
-                    self.idle_at(wal_end.as_u64());
-                }
-                ReplicationEvent::StoppedAt { .. } => {
-                    self.stream = None;
-                    return Err(SourceError::Transient {
-                        what: "the replication stream stopped".into(),
-                        source: None,
-                    });
-                }
-            }
+            self.on_event(received).await?;
         }
     }
 
