@@ -13,6 +13,7 @@ mod common;
 mod fanout;
 mod http;
 mod idle;
+mod pg;
 mod publish;
 mod smoke;
 mod storm;
@@ -51,6 +52,8 @@ enum Cmd {
     Publish(publish::PublishArgs),
     /// Fill a channel with M messages, then time one client replaying them all.
     Catchup(catchup::CatchupArgs),
+    /// The Postgres outbox: Tidings beside pg_recvlogical and a polling relay, on one cluster.
+    Pg(pg::PgArgs),
     /// Every scenario at a tiny size (CI); exits non-zero on any lost, duplicated or
     /// out-of-order message.
     Smoke(smoke::SmokeArgs),
@@ -94,6 +97,7 @@ fn main() {
             Cmd::Storm(a) => storm::run(a).await,
             Cmd::Publish(a) => publish::run(a).await,
             Cmd::Catchup(a) => catchup::run(a).await,
+            Cmd::Pg(a) => return pg::print(pg::run(a).await, cli.json),
             Cmd::Smoke(a) => {
                 let reports = smoke::run(a).await;
                 return smoke::print(&reports, cli.json);
