@@ -1,12 +1,13 @@
 //! The connector's own cost per change event, in isolation: the event's BSON bytes as the
-//! driver receives them in a `getMore` reply, decoded to a document, routed by a channel
-//! template and shaped into the normalized JSON payload of a `Publish` (what the connector
-//! hands the server). Variants separate decoding, the payload shapes, pipeline-field routing,
-//! and the JSON text the log stores (done by the server, shown for scale).
+//! driver receives them in a `getMore` reply, routed by a channel template and shaped into the
+//! normalized JSON payload of a `Publish` (what the connector hands the server). Variants: an
+//! update, the raw and canonical payloads, pipeline-field routing, a snapshot document; and,
+//! for scale, decoding to a `Document` (which the connector skips) and the JSON text the server
+//! makes of the payload.
 //!
 //! Run: `cargo bench -p tidings-connector-mongodb --bench event`. Goal: ≤ 10 µs per event.
 
-use bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document, Timestamp};
+use bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document, RawDocumentBuf, Timestamp};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use tidings_connector_mongodb::config::{JsonMode, OnPoison, Payload};
@@ -82,19 +83,19 @@ fn per_event(c: &mut Criterion) {
     let normalized = router(Payload::Normalized, Some("store:{fullDocument.storeId}"));
     let raw = router(Payload::Raw, Some("store:{fullDocument.storeId}"));
     let by_fields = router(Payload::Normalized, None);
+    let mut canonical = router(Payload::Normalized, Some("store:{fullDocument.storeId}"));
+    canonical.json = JsonMode::Canonical;
 
     let mut g = c.benchmark_group("mongodb_event");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("decode", |b| {
-        b.iter(|| black_box(bson::from_slice::<Document>(black_box(&insert)).unwrap()))
-    });
-    // The whole path the connector owns, per event: bytes → document → routed Publish.
+    // The whole path the connector owns, per event: the event's bytes (copied out of the reply,
+    // as the driver hands a `RawDocumentBuf`) → routed Publish with its JSON payload.
     let full = |name: &str, r: &Router, event: &[u8], g: &mut criterion::BenchmarkGroup<_>| {
         g.bench_function(name, |b| {
             b.iter(|| {
-                let d: Document = bson::from_slice(black_box(event)).unwrap();
-                let token = d.get("_id").cloned().unwrap_or(Bson::Null);
-                black_box(r.change(&d, &token).unwrap())
+                let d = RawDocumentBuf::from_bytes(black_box(event).to_vec()).unwrap();
+                let token = Bson::try_from(d.get("_id").unwrap().unwrap()).unwrap();
+                black_box(r.change_raw(&d, &token).unwrap())
             })
         });
     };
@@ -102,14 +103,31 @@ fn per_event(c: &mut Criterion) {
     full("update_template_normalized", &normalized, &update, &mut g);
     full("insert_template_raw", &raw, &insert, &mut g);
     full("insert_fields_normalized", &by_fields, &fields, &mut g);
-    // What the server does next with the Publish (serialise the payload for the log), for scale.
+    full("insert_template_canonical", &canonical, &insert, &mut g);
+    // A snapshot document (the order alone), as `find` returns it.
+    let order = bytes(insert_event().get_document("fullDocument").unwrap());
+    let resume = Bson::Document(doc! {"_data": TOKEN});
+    g.bench_function("snapshot_document", |b| {
+        b.iter(|| {
+            let d = RawDocumentBuf::from_bytes(black_box(&order).to_vec()).unwrap();
+            black_box(
+                normalized
+                    .snapshot_raw("shop", "orders", &d, &resume)
+                    .unwrap(),
+            )
+        })
+    });
+    // For scale: decoding the same bytes to a `Document`, which the connector does not do.
+    g.bench_function("for_scale_decode_to_document", |b| {
+        b.iter(|| black_box(bson::from_slice::<Document>(black_box(&insert)).unwrap()))
+    });
+    // For scale: what the server does next with the Publish (its payload as JSON text).
     let publish = {
-        let d: Document = bson::from_slice(&insert).unwrap();
-        normalized
-            .change(&d, &d.get("_id").cloned().unwrap())
-            .unwrap()
+        let d = RawDocumentBuf::from_bytes(insert.clone()).unwrap();
+        let token = Bson::try_from(d.get("_id").unwrap().unwrap()).unwrap();
+        normalized.change_raw(&d, &token).unwrap()
     };
-    g.bench_function("publish_to_json_text_server_side", |b| {
+    g.bench_function("for_scale_server_payload_to_json_text", |b| {
         b.iter_batched(
             || publish[0].data.clone().unwrap(),
             |v| black_box(serde_json::value::to_raw_value(&v).unwrap()),

@@ -3,8 +3,8 @@
 //! BSON to Extended JSON, and message ids derived from the resume token so that a replay
 //! deduplicates in the log.
 
-use bson::{Bson, Document};
-use serde_json::{json, Value};
+use bson::{Bson, Document, RawBsonRef, RawDocument};
+use serde_json::{json, Map, Value};
 use tidings_connectors_core::route::ChannelTemplate;
 use tidings_connectors_core::{Publish, SourceError};
 
@@ -49,96 +49,110 @@ impl Router {
         }
     }
 
-    fn get(&self, event: &Document, key: &str) -> Value {
-        event
-            .get(key)
-            .cloned()
-            .map_or(Value::Null, |b| self.json(b))
-    }
-
-    fn data(&self, event: &Document, op: &str) -> Value {
+    /// The payload, taken out of the event converted once to JSON (`view`, relaxed; `exact`, the
+    /// canonical conversion when `json = "canonical"`). `cluster_time` is read from the BSON.
+    fn data(
+        &self,
+        view: &mut Map<String, Value>,
+        exact: Option<Map<String, Value>>,
+        cluster_time: Value,
+        op: &str,
+    ) -> Value {
+        let mut own = exact;
+        let event = own.as_mut().unwrap_or(view);
         match self.payload {
             Payload::Raw => {
-                let mut raw = event.clone();
                 for f in ROUTING_FIELDS {
-                    raw.remove(f);
+                    event.remove(f);
                 }
-                self.json(Bson::Document(raw))
+                Value::Object(std::mem::take(event))
             }
             Payload::Normalized => {
-                let desc = event.get_document("updateDescription").ok();
-                let field = |name: &str| {
-                    desc.and_then(|d| d.get(name))
-                        .cloned()
-                        .map_or(Value::Null, |b| self.json(b))
+                let mut take = |key: &str| event.remove(key).unwrap_or(Value::Null);
+                let (ns, key, document, before) = (
+                    take("ns"),
+                    take("documentKey"),
+                    take("fullDocument"),
+                    take("fullDocumentBeforeChange"),
+                );
+                let (to, lsid, txn_number) = (take("to"), take("lsid"), take("txnNumber"));
+                let mut desc = take("updateDescription");
+                let mut field = |name: &str| {
+                    desc.as_object_mut()
+                        .and_then(|d| d.remove(name))
+                        .unwrap_or(Value::Null)
                 };
-                let txn = match (event.get("lsid"), event.get("txnNumber")) {
-                    (Some(lsid), Some(n)) => {
-                        json!({"lsid": self.json(lsid.clone()), "txn_number": self.json(n.clone())})
-                    }
-                    _ => Value::Null,
+                let (updated_fields, removed_fields) =
+                    (field("updatedFields"), field("removedFields"));
+                let txn = if lsid.is_null() || txn_number.is_null() {
+                    Value::Null
+                } else {
+                    let mut t = Map::with_capacity(2);
+                    t.insert("lsid".into(), lsid);
+                    t.insert("txn_number".into(), txn_number);
+                    Value::Object(t)
                 };
-                let cluster_time = match event.get("clusterTime") {
-                    Some(Bson::Timestamp(ts)) => json!({"t": ts.time, "i": ts.increment}),
-                    _ => Value::Null,
-                };
-                let mut out = json!({
-                    "op": op,
-                    "ns": self.get(event, "ns"),
-                    "key": self.get(event, "documentKey"),
-                    "document": self.get(event, "fullDocument"),
-                    "before": self.get(event, "fullDocumentBeforeChange"),
-                    "updated_fields": field("updatedFields"),
-                    "removed_fields": field("removedFields"),
-                    "cluster_time": cluster_time,
-                    "txn": txn,
-                });
+                // Built by moving the converted parts in: `json!` would copy each one through
+                // serde, the document included.
+                let mut out = Map::with_capacity(10);
+                out.insert("op".into(), Value::String(op.to_owned()));
+                out.insert("ns".into(), ns);
+                out.insert("key".into(), key);
+                out.insert("document".into(), document);
+                out.insert("before".into(), before);
+                out.insert("updated_fields".into(), updated_fields);
+                out.insert("removed_fields".into(), removed_fields);
+                out.insert("cluster_time".into(), cluster_time);
+                out.insert("txn".into(), txn);
                 if op == "rename" {
-                    out["to"] = self.get(event, "to");
+                    out.insert("to".into(), to);
                 }
-                out
+                Value::Object(out)
             }
         }
     }
 
-    /// The channel (and name, headers) an event is routed to, or why it cannot be.
+    /// The channel (and name, headers) an event is routed to, or why it cannot be. `view` is
+    /// the event as relaxed JSON; `fields` the routing fields the pipeline set.
     fn route(
         &self,
-        event: &Document,
+        view: &Value,
+        fields: RoutingFields,
         op: &str,
     ) -> Result<(String, Option<String>, Option<Value>), String> {
         match &self.template {
             Some(t) => {
                 // Templates read the event as relaxed JSON. An event without a document
                 // (a delete) is rendered against its pre-image when it carries one.
-                let mut view = Bson::Document(event.clone()).into_relaxed_extjson();
-                if view.get("fullDocument").is_none_or(Value::is_null) {
-                    if let Some(before) = view
-                        .get("fullDocumentBeforeChange")
-                        .cloned()
-                        .filter(|b| !b.is_null())
-                    {
-                        view["fullDocument"] = before;
+                let no_document = view.get("fullDocument").is_none_or(Value::is_null);
+                let before = view
+                    .get("fullDocumentBeforeChange")
+                    .filter(|b| !b.is_null());
+                let rendered = match (no_document, before) {
+                    (true, Some(before)) => {
+                        let mut with = view.clone();
+                        with["fullDocument"] = before.clone();
+                        t.render(&with)
                     }
-                }
-                let channel = t
-                    .render(&view)
-                    .map_err(|e| format!("channel template {:?}: {e}", t.as_str()))?;
+                    _ => t.render(view),
+                };
+                let channel =
+                    rendered.map_err(|e| format!("channel template {:?}: {e}", t.as_str()))?;
                 Ok((channel, Some(op.to_owned()), None))
             }
             None => {
-                let channel = match event.get("_channel") {
-                    Some(Bson::String(c)) => c.clone(),
+                let channel = match fields.channel {
+                    Some(Bson::String(c)) => c,
                     None | Some(Bson::Null) => return Err("the event has no `_channel` field: set it in the connector's `pipeline` (for example with $addFields), or configure a `channel` template".into()),
                     Some(other) => return Err(format!("`_channel` must be a string, not {other}")),
                 };
-                let name = match event.get("_name") {
-                    Some(Bson::String(n)) => Some(n.clone()),
+                let name = match fields.name {
+                    Some(Bson::String(n)) => Some(n),
                     None | Some(Bson::Null) => Some(op.to_owned()),
                     Some(other) => return Err(format!("`_name` must be a string, not {other}")),
                 };
-                let headers = match event.get("_headers") {
-                    Some(Bson::Document(h)) => Some(self.json(Bson::Document(h.clone()))),
+                let headers = match fields.headers {
+                    Some(h @ Bson::Document(_)) => Some(self.json(h)),
                     None | Some(Bson::Null) => None,
                     Some(other) => {
                         return Err(format!("`_headers` must be a document, not {other}"))
@@ -150,14 +164,14 @@ impl Router {
     }
 
     /// Messages for one change event whose resume token is `token`.
-    pub fn change(&self, event: &Document, token: &Bson) -> Result<Vec<Publish>, SourceError> {
+    pub fn change(&self, event: Document, token: &Bson) -> Result<Vec<Publish>, SourceError> {
         let op = event
             .get_str("operationType")
             .unwrap_or("unknown")
             .to_owned();
         let token_text = Bson::clone(token).into_canonical_extjson().to_string();
         let id = format!("mdb:{}", digest(&[token_text.as_bytes()]));
-        self.messages(event, &op, &id, &token_text)
+        self.messages(self.convert(event), &op, &id, &token_text)
     }
 
     /// Messages for one snapshot document.
@@ -186,7 +200,71 @@ impl Router {
             "documentKey": {"_id": key},
             "fullDocument": doc,
         };
-        self.messages(&event, "snapshot", &id, &resume_text)
+        self.messages(self.convert(event), "snapshot", &id, &resume_text)
+    }
+
+    /// [`Router::snapshot`] for a document as the driver received it, without decoding it to a
+    /// [`Document`] first.
+    pub fn snapshot_raw(
+        &self,
+        db: &str,
+        coll: &str,
+        doc: &RawDocument,
+        resume: &Bson,
+    ) -> Result<Vec<Publish>, SourceError> {
+        let unreadable = |e: bson::raw::Error| SourceError::Fatal {
+            what: format!(
+                "connector {}: MongoDB sent a document of {db}.{coll} that is not valid BSON ({e})",
+                self.connector
+            ),
+            fix: "check the MongoDB server and driver versions; report this with the namespace"
+                .into(),
+        };
+        let key = match doc.get("_id").map_err(unreadable)? {
+            Some(k) => Bson::try_from(k).map_err(unreadable)?,
+            None => Bson::Null,
+        };
+        let key_text = key.clone().into_canonical_extjson().to_string();
+        let resume_text = resume.clone().into_canonical_extjson().to_string();
+        let id = format!(
+            "mdbs:{}",
+            digest(&[
+                resume_text.as_bytes(),
+                db.as_bytes(),
+                coll.as_bytes(),
+                key_text.as_bytes()
+            ])
+        );
+        let event = |canonical: bool| -> Result<Map<String, Value>, bson::raw::Error> {
+            let key = if canonical {
+                key.clone().into_canonical_extjson()
+            } else {
+                key.clone().into_relaxed_extjson()
+            };
+            let mut m = Map::new();
+            m.insert("operationType".into(), json!("snapshot"));
+            m.insert("ns".into(), json!({"db": db, "coll": coll}));
+            m.insert("documentKey".into(), json!({"_id": key}));
+            m.insert(
+                "fullDocument".into(),
+                Value::Object(raw_object(doc, canonical, &[])?),
+            );
+            Ok(m)
+        };
+        let converted = Converted {
+            view: Value::Object(event(false).map_err(unreadable)?),
+            exact: match self.json {
+                JsonMode::Relaxed => None,
+                JsonMode::Canonical => Some(event(true).map_err(unreadable)?),
+            },
+            fields: RoutingFields {
+                channel: None,
+                name: None,
+                headers: None,
+            },
+            cluster_time: Value::Null,
+        };
+        self.messages(converted, "snapshot", &id, &resume_text)
     }
 
     /// A control message on the control channel (lifecycle, resync).
@@ -200,18 +278,102 @@ impl Router {
         }
     }
 
+    /// Convert a [`Document`] event once: routing reads the relaxed view, the payload is taken
+    /// out of it (or of the canonical conversion when that is the configured flavour).
+    fn convert(&self, mut event: Document) -> Converted {
+        let fields = RoutingFields {
+            channel: event.remove("_channel"),
+            name: event.remove("_name"),
+            headers: event.remove("_headers"),
+        };
+        let cluster_time = match event.get("clusterTime") {
+            Some(Bson::Timestamp(ts)) => json!({"t": ts.time, "i": ts.increment}),
+            _ => Value::Null,
+        };
+        let exact = match self.json {
+            JsonMode::Relaxed => None,
+            JsonMode::Canonical => match Bson::Document(event.clone()).into_canonical_extjson() {
+                Value::Object(m) => Some(m),
+                _ => None,
+            },
+        };
+        Converted {
+            view: Bson::Document(event).into_relaxed_extjson(),
+            exact,
+            fields,
+            cluster_time,
+        }
+    }
+
+    /// [`Router::convert`] straight from the bytes the driver received, without building a
+    /// [`Document`] first (that decoding alone costs about as much as the conversion).
+    fn convert_raw(&self, event: &RawDocument) -> Result<Converted, bson::raw::Error> {
+        let field = |name: &str| -> Result<Option<Bson>, bson::raw::Error> {
+            Ok(event.get(name)?.and_then(|v| Bson::try_from(v).ok()))
+        };
+        let fields = RoutingFields {
+            channel: field("_channel")?,
+            name: field("_name")?,
+            headers: field("_headers")?,
+        };
+        let cluster_time = match event.get("clusterTime")? {
+            Some(RawBsonRef::Timestamp(ts)) => json!({"t": ts.time, "i": ts.increment}),
+            _ => Value::Null,
+        };
+        let exact = match self.json {
+            JsonMode::Relaxed => None,
+            JsonMode::Canonical => Some(raw_object(event, true, &ROUTING_FIELDS)?),
+        };
+        Ok(Converted {
+            view: Value::Object(raw_object(event, false, &ROUTING_FIELDS)?),
+            exact,
+            fields,
+            cluster_time,
+        })
+    }
+
+    /// Messages for one change event as the driver received it, whose resume token is `token`.
+    pub fn change_raw(
+        &self,
+        event: &RawDocument,
+        token: &Bson,
+    ) -> Result<Vec<Publish>, SourceError> {
+        let op = event.get_str("operationType").unwrap_or("unknown");
+        let token_text = Bson::clone(token).into_canonical_extjson().to_string();
+        let id = format!("mdb:{}", digest(&[token_text.as_bytes()]));
+        let converted = self.convert_raw(event).map_err(|e| SourceError::Fatal {
+            what: format!(
+                "connector {}: MongoDB sent a change event that is not valid BSON ({e}) at position {token_text}",
+                self.connector
+            ),
+            fix: "check the MongoDB server and driver versions; report this with the position".into(),
+        })?;
+        self.messages(converted, op, &id, &token_text)
+    }
+
     fn messages(
         &self,
-        event: &Document,
+        converted: Converted,
         op: &str,
         id: &str,
         position: &str,
     ) -> Result<Vec<Publish>, SourceError> {
-        let data = self.data(event, op);
+        let Converted {
+            view,
+            exact,
+            fields,
+            cluster_time,
+        } = converted;
+        let route = self.route(&view, fields, op);
+        let mut view = match view {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
         if LIFECYCLE.contains(&op) {
+            let data = self.data(&mut view, exact, cluster_time, op);
             let mut out = vec![self.control(op, data.clone(), format!("{id}:c"))];
             // Also on the routed channel, when the event resolves to one.
-            if let Ok((channel, name, headers)) = self.route(event, op) {
+            if let Ok((channel, name, headers)) = route {
                 if channel != self.control_channel {
                     out.push(Publish {
                         channel,
@@ -224,7 +386,8 @@ impl Router {
             }
             return Ok(out);
         }
-        match self.route(event, op) {
+        let data = self.data(&mut view, exact, cluster_time, op);
+        match route {
             Ok((channel, name, headers)) => Ok(vec![Publish {
                 channel,
                 name,
@@ -233,8 +396,10 @@ impl Router {
                 id: Some(id.to_owned()),
             }]),
             Err(problem) => {
-                let key = self.get(event, "documentKey");
-                let ns = self.get(event, "ns");
+                let (ns, key) = match self.payload {
+                    Payload::Normalized => (data["ns"].clone(), data["key"].clone()),
+                    Payload::Raw => (data["ns"].clone(), data["documentKey"].clone()),
+                };
                 tracing::warn!(source = %self.connector, %problem, key = %key, "poison change event");
                 match self.on_poison {
                     OnPoison::Stop => Err(SourceError::Fatal {
@@ -262,9 +427,64 @@ impl Router {
     }
 }
 
+/// One event converted for routing and payload.
+struct Converted {
+    /// The whole event as relaxed Extended JSON, without the routing fields.
+    view: Value,
+    /// The canonical conversion, when `json = "canonical"`.
+    exact: Option<Map<String, Value>>,
+    fields: RoutingFields,
+    cluster_time: Value,
+}
+
+/// A raw BSON value as Extended JSON: containers walked here, scalars converted by `bson`
+/// itself, so the result is exactly what converting a decoded [`Bson`] gives.
+fn raw_value(v: RawBsonRef<'_>, canonical: bool) -> Result<Value, bson::raw::Error> {
+    Ok(match v {
+        RawBsonRef::Document(d) => Value::Object(raw_object(d, canonical, &[])?),
+        RawBsonRef::Array(a) => {
+            let mut out = Vec::new();
+            for item in a {
+                out.push(raw_value(item?, canonical)?);
+            }
+            Value::Array(out)
+        }
+        RawBsonRef::String(s) => Value::String(s.to_owned()),
+        scalar => match Bson::try_from(scalar) {
+            Ok(b) if canonical => b.into_canonical_extjson(),
+            Ok(b) => b.into_relaxed_extjson(),
+            Err(e) => return Err(e),
+        },
+    })
+}
+
+/// A raw document as a JSON object, leaving out the fields named in `skip`.
+fn raw_object(
+    d: &RawDocument,
+    canonical: bool,
+    skip: &[&str],
+) -> Result<Map<String, Value>, bson::raw::Error> {
+    let mut out = Map::new();
+    for element in d {
+        let (key, value) = element?;
+        if !skip.contains(&key) {
+            out.insert(key.to_owned(), raw_value(value, canonical)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The fields a pipeline sets to route an event, taken out of it before conversion.
+struct RoutingFields {
+    channel: Option<Bson>,
+    name: Option<Bson>,
+    headers: Option<Bson>,
+}
+
 /// The `(lsid, txnNumber)` of an event in a transaction.
-pub fn txn_key(event: &Document) -> Option<(Bson, Bson)> {
-    Some((event.get("lsid")?.clone(), event.get("txnNumber")?.clone()))
+pub fn txn_key(event: &RawDocument) -> Option<(Bson, Bson)> {
+    let get = |k: &str| Bson::try_from(event.get(k).ok()??).ok();
+    Some((get("lsid")?, get("txnNumber")?))
 }
 
 #[cfg(test)]
@@ -304,7 +524,7 @@ mod tests {
             },
         };
         let msgs = router(Some("store:{fullDocument.store}"))
-            .change(&event, &Bson::Document(doc! {"_data": "82AA"}))
+            .change(event.clone(), &Bson::Document(doc! {"_data": "82AA"}))
             .unwrap();
         assert_eq!(msgs.len(), 1);
         let m = &msgs[0];
@@ -328,10 +548,70 @@ mod tests {
     }
 
     #[test]
+    fn events_read_raw_convert_exactly_as_decoded_ones() {
+        let oid = ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
+        let event = doc! {
+            "_id": {"_data": "82AB"},
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 1_700_000_000, increment: 3 },
+            "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": oid},
+            "lsid": {"id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![7; 16] }},
+            "txnNumber": 4i64,
+            "_channel": "orders:n1", "_name": "order.updated", "_headers": {"v": 2},
+            "updateDescription": {"updatedFields": {"qty": 3, "at": DateTime::from_millis(-1)}, "removedFields": ["old"]},
+            "fullDocument": {
+                "_id": oid, "store": "n1", "qty": 3, "big": 5_000_000_000i64, "ratio": 0.5, "whole": 24.0,
+                "nan": f64::NAN, "price": Decimal128::from_bytes([0x0c, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3e, 0x30]),
+                "tags": ["a", {"b": [1, Bson::Null, true]}], "empty": {}, "none": Bson::Null,
+                "blob": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2, 3] },
+                "ts": Timestamp { time: 5, increment: 6 }, "re": bson::Regex { pattern: "^a".into(), options: "i".into() },
+                "min": Bson::MinKey, "max": Bson::MaxKey,
+            },
+        };
+        let raw = bson::RawDocumentBuf::from_document(&event).unwrap();
+        let token = Bson::Document(doc! {"_data": "82AB"});
+        for payload in [Payload::Normalized, Payload::Raw] {
+            for json in [JsonMode::Relaxed, JsonMode::Canonical] {
+                for template in [Some("store:{fullDocument.store}"), None] {
+                    let mut r = router(template);
+                    (r.payload, r.json) = (payload, json);
+                    let decoded = r.change(event.clone(), &token).unwrap();
+                    let read_raw = r.change_raw(&raw, &token).unwrap();
+                    assert_eq!(read_raw, decoded, "{payload:?} {json:?} {template:?}");
+                    assert_eq!(
+                        serde_json::to_string(&read_raw).unwrap(),
+                        serde_json::to_string(&decoded).unwrap(),
+                        "the same text, key order included"
+                    );
+                }
+            }
+        }
+        let txn = txn_key(&raw).unwrap();
+        assert_eq!(txn.1, Bson::Int64(4));
+        // Snapshot documents too.
+        let full = event.get_document("fullDocument").unwrap().clone();
+        let raw_full = bson::RawDocumentBuf::from_document(&full).unwrap();
+        for payload in [Payload::Normalized, Payload::Raw] {
+            for json in [JsonMode::Relaxed, JsonMode::Canonical] {
+                let mut r = router(Some("store:{fullDocument.store}"));
+                (r.payload, r.json) = (payload, json);
+                let decoded = r.snapshot("shop", "orders", full.clone(), &token).unwrap();
+                let read_raw = r.snapshot_raw("shop", "orders", &raw_full, &token).unwrap();
+                assert_eq!(read_raw, decoded, "{payload:?} {json:?}");
+                assert_eq!(
+                    serde_json::to_string(&read_raw[0].data).unwrap(),
+                    serde_json::to_string(&decoded[0].data).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn routing_failures_go_to_the_dead_letter_with_the_key() {
         let event = doc! {"_id": {"_data": "82BB"}, "operationType": "insert", "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 4}, "fullDocument": {"_id": 4}};
         let msgs = router(Some("store:{fullDocument.store}"))
-            .change(&event, &Bson::Document(doc! {"_data": "82BB"}))
+            .change(event.clone(), &Bson::Document(doc! {"_data": "82BB"}))
             .unwrap();
         assert_eq!(msgs[0].channel, "dead:shop");
         let data = msgs[0].data.as_ref().unwrap();
@@ -346,7 +626,7 @@ mod tests {
         let mut stop = router(Some("store:{fullDocument.store}"));
         stop.on_poison = OnPoison::Stop;
         assert!(matches!(
-            stop.change(&event, &Bson::Null),
+            stop.change(event.clone(), &Bson::Null),
             Err(SourceError::Fatal { .. })
         ));
     }
@@ -356,7 +636,7 @@ mod tests {
         let mut r = router(None);
         r.payload = Payload::Raw;
         let event = doc! {"_id": {"_data": "82CC"}, "operationType": "update", "_channel": "orders:7", "_name": "order.updated", "_headers": {"v": 2}, "documentKey": {"_id": 7}};
-        let m = &r.change(&event, &Bson::Null).unwrap()[0];
+        let m = &r.change(event.clone(), &Bson::Null).unwrap()[0];
         assert_eq!(
             (m.channel.as_str(), m.name.as_deref()),
             ("orders:7", Some("order.updated"))
@@ -370,7 +650,7 @@ mod tests {
     fn lifecycle_events_are_control_messages() {
         let event = doc! {"_id": {"_data": "82DD"}, "operationType": "drop", "ns": {"db": "s", "coll": "o"}};
         let msgs = router(Some("store:{fullDocument.store}"))
-            .change(&event, &Bson::Null)
+            .change(event.clone(), &Bson::Null)
             .unwrap();
         assert_eq!(msgs.len(), 1);
         assert_eq!(
@@ -378,7 +658,7 @@ mod tests {
             ("mongodb:shop", Some("drop"))
         );
         let msgs = router(Some("coll:{ns.coll}"))
-            .change(&event, &Bson::Null)
+            .change(event.clone(), &Bson::Null)
             .unwrap();
         assert_eq!(
             msgs.iter().map(|m| m.channel.as_str()).collect::<Vec<_>>(),
@@ -392,13 +672,13 @@ mod tests {
         let e =
             doc! {"_id": {"_data": "82EE"}, "operationType": "delete", "documentKey": {"_id": 1}};
         let a = r
-            .change(&e, &Bson::Document(doc! {"_data": "82EE"}))
+            .change(e.clone(), &Bson::Document(doc! {"_data": "82EE"}))
             .unwrap();
         let b = r
-            .change(&e, &Bson::Document(doc! {"_data": "82EE"}))
+            .change(e.clone(), &Bson::Document(doc! {"_data": "82EE"}))
             .unwrap();
         let c = r
-            .change(&e, &Bson::Document(doc! {"_data": "82EF"}))
+            .change(e.clone(), &Bson::Document(doc! {"_data": "82EF"}))
             .unwrap();
         assert_eq!(a[0].id, b[0].id);
         assert_ne!(a[0].id, c[0].id);

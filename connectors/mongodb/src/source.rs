@@ -12,7 +12,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::{Error as MongoError, ErrorKind};
@@ -37,7 +37,8 @@ const QUEUE: usize = 4096;
 /// What the stream task saw.
 #[derive(Debug)]
 enum Item {
-    Event(Document),
+    /// As the driver received it: converted to JSON without being decoded to a `Document`.
+    Event(RawDocumentBuf),
     /// An empty `getMore`; the stream's resume token after it.
     Quiet(Option<Bson>),
     /// The cursor closed (after an invalidate).
@@ -57,7 +58,7 @@ impl Drop for Reader {
     }
 }
 
-async fn read(mut stream: ChangeStream<Document>, tx: mpsc::Sender<Item>) {
+async fn read(mut stream: ChangeStream<RawDocumentBuf>, tx: mpsc::Sender<Item>) {
     loop {
         let item = match stream.next_if_any().await {
             Ok(Some(ev)) => Item::Event(ev),
@@ -292,7 +293,7 @@ impl MongoSource {
             Target::All => client.watch().pipeline(pipeline).with_options(opts).await,
         };
         let stream = match opened {
-            Ok(s) => s.with_type::<Document>(),
+            Ok(s) => s.with_type::<RawDocumentBuf>(),
             Err(e) => return Err(self.classify(e, "open the change stream")),
         };
         let token = match stream.resume_token() {
@@ -456,7 +457,11 @@ impl MongoSource {
         if self.meter.is_none() {
             self.meter = Some(self.start_meter(&colls, &(db.clone(), coll.clone())).await);
         }
-        let collection = self.client().database(&db).collection::<Document>(&coll);
+        // Documents stay as the driver received them: converted to JSON without decoding.
+        let collection = self
+            .client()
+            .database(&db)
+            .collection::<RawDocumentBuf>(&coll);
         if p.after.is_none() {
             tracing::debug!(source = %self.name, ns = %format!("{db}.{coll}"), "snapshot of collection starting");
         }
@@ -504,16 +509,22 @@ impl MongoSource {
                 )
             })?);
         }
-        if p.after.is_some() && docs.first().and_then(|d| d.get("_id")) == p.after.as_ref() {
+        let id_of = |d: &RawDocumentBuf| {
+            d.get("_id")
+                .ok()
+                .flatten()
+                .and_then(|v| Bson::try_from(v).ok())
+        };
+        if p.after.is_some() && docs.first().and_then(id_of).as_ref() == p.after.as_ref() {
             docs.remove(0);
         }
         docs.truncate(batch as usize);
         let full = docs.len() == batch as usize;
-        let last_id = docs.last().and_then(|d| d.get("_id").cloned());
+        let last_id = docs.last().and_then(id_of);
         let read = docs.len();
         let mut messages = Vec::with_capacity(docs.len());
         for d in docs {
-            for m in self.router.snapshot(&db, &coll, d, &p.resume)? {
+            for m in self.router.snapshot_raw(&db, &coll, &d, &p.resume)? {
                 self.note_reset(&m.channel, &p);
                 messages.push(m);
             }
@@ -639,24 +650,29 @@ impl MongoSource {
     }
 
     /// The events available now, as one batch.
-    async fn stream_batch(&mut self, first: Document) -> Result<Batch, SourceError> {
+    async fn stream_batch(&mut self, first: RawDocumentBuf) -> Result<Batch, SourceError> {
         let max = self.config.max_batch_events;
         let mut messages = Vec::new();
         let mut events = 0usize;
         let mut current = first;
         let (position, invalidated) = loop {
-            let token = current.get("_id").cloned().ok_or_else(|| {
-                fatal(
-                    format!(
-                        "connector {}: a change event has no `_id` resume token",
-                        self.name
-                    ),
-                    format!("keep `_id` in `connectors.{}.pipeline`", self.name),
-                )
-            })?;
+            let token = current
+                .get("_id")
+                .ok()
+                .flatten()
+                .and_then(|t| Bson::try_from(t).ok())
+                .ok_or_else(|| {
+                    fatal(
+                        format!(
+                            "connector {}: a change event has no `_id` resume token",
+                            self.name
+                        ),
+                        format!("keep `_id` in `connectors.{}.pipeline`", self.name),
+                    )
+                })?;
             let op = current.get_str("operationType").unwrap_or("").to_owned();
             let txn = txn_key(&current);
-            messages.extend(self.router.change(&current, &token)?);
+            messages.extend(self.router.change_raw(&current, &token)?);
             events += 1;
             if op == "invalidate" {
                 break (token, true);
