@@ -1157,3 +1157,35 @@ async fn sslmodes_prefer_require_and_verify_ca_behave_as_libpq() {
     assert!(lines.contains("server does not support TLS"), "{lines}");
     assert!(lines.contains("ssl = on"), "{lines}");
 }
+
+/// A transaction is handed to the log as soon as its commit arrives: it never waits for the
+/// next event from Postgres (which, on a quiet database, may be a keepalive many seconds later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_transaction_reaches_the_log_without_waiting_for_the_next_one() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |c| c.status_interval = Duration::from_secs(30)).await;
+    write_txns(&pg.url(), "lone:0", 0, 1, 1).await;
+    expect_messages(&t.http(), "lone:0", 1).await;
+    let http = reqwest::Client::new();
+    for k in 1..=3u64 {
+        let channel = format!("lone:{k}");
+        let started = Instant::now();
+        write_txns(&pg.url(), &channel, 0, 1, 1).await;
+        loop {
+            if !history(&http, &t.http(), &channel).await.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{channel}: a committed row was not in the log after {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Quiet in between, so nothing but keepalives follows each commit.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    t.server.shutdown();
+    t.server.wait().await;
+}

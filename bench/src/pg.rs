@@ -210,7 +210,10 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
                 common::record_ns(&mut h, ns);
             }
             common::latency_figures(&mut r, "latency", &h);
-            if missing > 0 {
+            // A polling relay reading `ORDER BY id` skips rows whose id was taken before a
+            // row that committed earlier: a property of that design, measured, not a failure
+            // of the run. Tidings and pg_recvlogical must deliver every row.
+            if missing > 0 && system != "polling-relay" {
                 r.problem(format!("{missing} of {total} rows never arrived"));
             }
             reports.push(r);

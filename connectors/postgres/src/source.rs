@@ -542,7 +542,7 @@ impl PostgresSource {
     /// When the remembered idle position may be handed out.
     fn idle_due(&self) -> Option<Instant> {
         self.idle.filter(|i| *i > self.durable)?;
-        (self.txn.is_none() && self.all_durable())
+        (self.txn.is_none() && self.ready.is_none() && self.all_durable())
             .then(|| self.idle_handed + self.config.status_interval)
     }
 }
@@ -742,7 +742,10 @@ impl Source for PostgresSource {
                         .ok()
                 };
                 match more {
-                    Some(received) => self.on_event(received).await?,
+                    Some(received) => {
+                        self.on_event(received).await?;
+                        continue;
+                    }
                     None => return self.hand_out_ready().await,
                 }
             }
