@@ -34,11 +34,46 @@ use crate::progress::{Display, SnapshotMeter};
 /// Items queued between the stream task and the source. Bounded: the task waits when full.
 const QUEUE: usize = 4096;
 
+/// A change event as the stream task converted it: converting there (from the driver's raw
+/// bytes, never decoded to a `Document`) overlaps the conversion of the next events with the
+/// runner's append of the last batch.
+#[derive(Debug)]
+struct Event {
+    /// The resume token (`None` only when `messages` is the error saying it is missing).
+    token: Option<Bson>,
+    invalidate: bool,
+    /// `(lsid, txnNumber)` for an event of a transaction.
+    txn: Option<(Bson, Bson)>,
+    messages: Result<Vec<Publish>, SourceError>,
+}
+
+impl Event {
+    fn convert(raw: &RawDocumentBuf, router: &Router, name: &str) -> Event {
+        let token = raw
+            .get("_id")
+            .ok()
+            .flatten()
+            .and_then(|t| Bson::try_from(t).ok());
+        let messages = match &token {
+            Some(t) => router.change_raw(raw, t),
+            None => Err(fatal(
+                format!("connector {name}: a change event has no `_id` resume token"),
+                format!("keep `_id` in `connectors.{name}.pipeline`"),
+            )),
+        };
+        Event {
+            token,
+            invalidate: raw.get_str("operationType") == Ok("invalidate"),
+            txn: txn_key(raw),
+            messages,
+        }
+    }
+}
+
 /// What the stream task saw.
 #[derive(Debug)]
 enum Item {
-    /// As the driver received it: converted to JSON without being decoded to a `Document`.
-    Event(RawDocumentBuf),
+    Event(Box<Event>),
     /// An empty `getMore`; the stream's resume token after it.
     Quiet(Option<Bson>),
     /// The cursor closed (after an invalidate).
@@ -58,10 +93,15 @@ impl Drop for Reader {
     }
 }
 
-async fn read(mut stream: ChangeStream<RawDocumentBuf>, tx: mpsc::Sender<Item>) {
+async fn read(
+    mut stream: ChangeStream<RawDocumentBuf>,
+    tx: mpsc::Sender<Item>,
+    router: Router,
+    name: String,
+) {
     loop {
         let item = match stream.next_if_any().await {
-            Ok(Some(ev)) => Item::Event(ev),
+            Ok(Some(ev)) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
             Ok(None) if !stream.is_alive() => Item::Closed,
             Ok(None) => Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok())),
             Err(e) => Item::Failed(e),
@@ -318,7 +358,7 @@ impl MongoSource {
             },
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(read(stream, tx));
+        let task = tokio::spawn(read(stream, tx, self.router.clone(), self.name.clone()));
         self.reader = Some(Reader { rx, task });
         self.mode = Mode::Streaming;
         tracing::info!(source = %self.name, from = ?from.map(Position::describe), "change stream open");
@@ -650,31 +690,22 @@ impl MongoSource {
     }
 
     /// The events available now, as one batch.
-    async fn stream_batch(&mut self, first: RawDocumentBuf) -> Result<Batch, SourceError> {
+    async fn stream_batch(&mut self, first: Box<Event>) -> Result<Batch, SourceError> {
         let max = self.config.max_batch_events;
         let mut messages = Vec::new();
         let mut events = 0usize;
         let mut current = first;
         let (position, invalidated) = loop {
-            let token = current
-                .get("_id")
-                .ok()
-                .flatten()
-                .and_then(|t| Bson::try_from(t).ok())
-                .ok_or_else(|| {
-                    fatal(
-                        format!(
-                            "connector {}: a change event has no `_id` resume token",
-                            self.name
-                        ),
-                        format!("keep `_id` in `connectors.{}.pipeline`", self.name),
-                    )
-                })?;
-            let op = current.get_str("operationType").unwrap_or("").to_owned();
-            let txn = txn_key(&current);
-            messages.extend(self.router.change_raw(&current, &token)?);
+            let Event {
+                token,
+                invalidate,
+                txn,
+                messages: converted,
+            } = *current;
+            messages.extend(converted?);
+            let token = token.expect("an event without a token carries that error");
             events += 1;
-            if op == "invalidate" {
+            if invalidate {
                 break (token, true);
             }
             // Inside a transaction, wait to see what follows: the batch may not end inside it.
@@ -688,7 +719,7 @@ impl MongoSource {
             match next {
                 None => break (token, false),
                 Some(Item::Event(ev)) => {
-                    if events >= max && (txn.is_none() || txn_key(&ev) != txn) {
+                    if events >= max && (txn.is_none() || ev.txn != txn) {
                         self.lookahead = Some(Item::Event(ev));
                         break (token, false);
                     }

@@ -593,24 +593,28 @@ fn find(shared: &Shared, db: &str, cmd: &Document) -> Result<Document, CommandEr
         .map_or(DEFAULT_FIND_BATCH, |b| b as usize);
     let single = matches!(cmd.get("singleBatch"), Some(Bson::Boolean(true)));
     let mut state = shared.state.lock();
-    let mut docs: Vec<Document> = Vec::new();
+    let mut docs: VecDeque<Document> = VecDeque::new();
     if let Some(c) = state.store.collection(db, coll) {
         let iter: Box<dyn Iterator<Item = &Document>> = match (&min, descending) {
             (Some(min), _) => Box::new(c.range(Key(min.clone())..).map(|(_, d)| d)),
             (None, true) => Box::new(c.values().rev()),
             (None, false) => Box::new(c.values()),
         };
+        // Skip and limit while scanning: a page of a large collection copies only its page.
+        let (mut skipped, limit) = (0, limit.unwrap_or(usize::MAX));
         for d in iter {
+            if docs.len() >= limit {
+                break;
+            }
             if matches(d, &filter)? {
-                docs.push(d.clone());
+                if skipped < skip {
+                    skipped += 1;
+                } else {
+                    docs.push_back(d.clone());
+                }
             }
         }
     }
-    let mut docs: VecDeque<Document> = docs
-        .into_iter()
-        .skip(skip)
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
     let first: Vec<Document> = docs.drain(..batch_size.min(docs.len())).collect();
     let ns = format!("{db}.{coll}");
     let id = if docs.is_empty() || single {

@@ -1,0 +1,325 @@
+//! Change events per second through the MongoDB connector into the durable channel log, beside
+//! the ceiling of the MongoDB test server it reads from.
+//!
+//! ```sh
+//! cargo run --release -p tidings-connector-mongodb --example throughput -- [EVENTS] [STORES]
+//! ```
+//!
+//! Everything runs in this process on the machine's cores: the wire-level test server
+//! (`tidings-mongo-testserver`), the unmodified `mongodb` driver, the connector, the server's
+//! source runner and its embedded log (SQLite, one fsync per group commit).
+//!
+//! 1. **Ceiling**: a bare driver client reads EVENTS change events, already in the oplog, as
+//!    raw BSON (`ChangeStream<RawDocumentBuf>`) and does nothing with them: what the test
+//!    server and the driver deliver at most.
+//! 2. **Connector alone**: the connector reads the same events into batches of publishes
+//!    (routing by `orders:{fullDocument.storeId}` over STORES channels, normalized payload),
+//!    handing them to nobody.
+//! 3. **Runner and log alone**: those same batches replayed into a fresh log by the server's
+//!    source runner (checks, atomic append with the checkpoint, fsync).
+//! 4. **End to end**: the connector from its stored position through the runner into the log,
+//!    timed until the last event is durable.
+//! 5. **Snapshot**: an initial snapshot of EVENTS existing documents into the log.
+//!
+//! The numbers it prints are the ones `docs/mongodb.md` quotes, with the machine they ran on.
+//! It uses the server crate (`tidings`) as a dev-dependency only, for the real log and runner;
+//! the connector itself depends on `tidings-connectors-core` alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{doc, oid::ObjectId, DateTime, Decimal128, Document, RawDocumentBuf};
+use futures_util::StreamExt;
+use tidings::channel::ChannelName;
+use tidings::log::embedded::{EmbeddedLog, EmbeddedOptions};
+use tidings::log::{AppendObserver, ChannelLog, StoredMessage};
+use tidings::source::{run, PoisonPolicy, SourceOptions};
+use tidings_connector_mongodb::config::SnapshotMode;
+use tidings_connector_mongodb::position::Position;
+use tidings_connector_mongodb::{MongoConfig, MongoSource, MongoUri};
+use tidings_connectors_core::{Batch, Source, SourceError, SourcePosition};
+use tidings_mongo_testserver::MongoTestServer;
+use tokio_util::sync::CancellationToken;
+
+/// Nobody is subscribed: the log's observer has nothing to do.
+struct Quiet;
+
+impl AppendObserver for Quiet {
+    fn appended(&self, _: &ChannelName, _: u64, _: &[StoredMessage]) {}
+    fn reset(&self, _: &ChannelName, _: &Arc<str>, _: u64) {}
+}
+
+/// An order of about 400 bytes of BSON with the usual types (as in `benches/event.rs`).
+fn order(i: u64, stores: u64) -> Document {
+    doc! {
+        "_id": ObjectId::new(),
+        "storeId": format!("store-{}", i % stores),
+        "customer": {"name": "Ada Lovelace", "email": "ada@example.com", "tier": "gold"},
+        "status": "paid",
+        "total": Decimal128::from_bytes([0x0c, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x3e, 0x30]),
+        "items": [
+            {"sku": "A-1", "qty": 2, "price": 9.5},
+            {"sku": "B-7", "qty": 1, "price": 24.0},
+        ],
+        "createdAt": DateTime::now(),
+        "version": i as i64,
+    }
+}
+
+/// Batches handed out again, as a source: to time the runner and the log without MongoDB.
+struct Replay(std::collections::VecDeque<Batch>);
+
+#[async_trait::async_trait]
+impl Source for Replay {
+    async fn start(&mut self, _: Option<SourcePosition>) -> Result<(), SourceError> {
+        Ok(())
+    }
+    async fn next_batch(&mut self) -> Result<Batch, SourceError> {
+        match self.0.pop_front() {
+            Some(b) => Ok(b),
+            None => std::future::pending().await,
+        }
+    }
+    async fn committed(&mut self, _: &SourcePosition) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+fn config(server: &MongoTestServer, ns: &str, snapshot: SnapshotMode) -> MongoConfig {
+    let mut c = MongoConfig::for_collection(
+        MongoUri::new(server.uri()),
+        ns,
+        Some("orders:{fullDocument.storeId}".into()),
+    );
+    c.snapshot = snapshot;
+    c.max_await = Duration::from_millis(50);
+    c
+}
+
+fn options(name: &str) -> SourceOptions {
+    SourceOptions {
+        name: name.into(),
+        poison: PoisonPolicy::DeadLetter(ChannelName::parse(&format!("dead:{name}")).unwrap()),
+        max_message_bytes: 64 * 1024,
+    }
+}
+
+/// Messages in the log across the STORES channels.
+fn in_log(log: &dyn ChannelLog, stores: u64) -> u64 {
+    (0..stores)
+        .map(|s| {
+            log.state(&ChannelName::parse(&format!("orders:store-{s}")).unwrap())
+                .head
+        })
+        .sum()
+}
+
+async fn wait_checkpoint(log: &EmbeddedLog, name: &str) -> SourcePosition {
+    loop {
+        if let Some(p) = log.checkpoint(name).await.unwrap() {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    format!(
+        "{:>9.0} /s  ({n} in {:.3} s)",
+        n as f64 / d.as_secs_f64(),
+        d.as_secs_f64()
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let events: u64 = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("EVENTS is a number"));
+    let stores: u64 = args
+        .next()
+        .map_or(100, |a| a.parse().expect("STORES is a number"));
+    let server = MongoTestServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log"),
+            EmbeddedOptions::default(),
+            Arc::new(Quiet),
+        )
+        .unwrap(),
+    );
+    let dyn_log: Arc<dyn ChannelLog> = log.clone();
+    println!(
+        "{events} change events, {stores} channels, cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // The connector takes its start position on an empty collection, then stops.
+    let shutdown = CancellationToken::new();
+    let source = MongoSource::new(
+        "bench",
+        config(&server, "shop.orders", SnapshotMode::Never),
+        "dead:bench",
+        "mongodb:bench",
+    )
+    .unwrap();
+    let runner = tokio::spawn(run(
+        Box::new(source),
+        options("bench"),
+        dyn_log.clone(),
+        shutdown.clone(),
+    ));
+    let start = wait_checkpoint(&log, "bench").await;
+    shutdown.cancel();
+    runner.await.unwrap();
+    let Ok(Position::Token(token)) = Position::from_source(&start) else {
+        panic!("the start position is a resume token: {start:?}");
+    };
+
+    // The backlog both readers drain: EVENTS inserts already in the oplog.
+    let t = Instant::now();
+    for i in 0..events {
+        server.insert("shop.orders", order(i, stores));
+    }
+    println!(
+        "writes into the test server        {}",
+        rate(events, t.elapsed())
+    );
+
+    // 1. Ceiling: a bare driver client, raw events, no processing.
+    let client = mongodb::Client::with_uri_str(server.uri()).await.unwrap();
+    let mut stream = client
+        .database("shop")
+        .collection::<Document>("orders")
+        .watch()
+        .resume_after(
+            bson::from_bson::<mongodb::change_stream::event::ResumeToken>(token.clone()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .with_type::<RawDocumentBuf>();
+    let t = Instant::now();
+    let mut read = 0u64;
+    while read < events {
+        stream.next().await.expect("the stream goes on").unwrap();
+        read += 1;
+    }
+    let ceiling = t.elapsed();
+    println!(
+        "ceiling: bare driver, raw events   {}",
+        rate(events, ceiling)
+    );
+    drop(stream);
+
+    // 2. The connector alone: the same events to batches of publishes.
+    let mut source = MongoSource::new(
+        "bench",
+        config(&server, "shop.orders", SnapshotMode::Never),
+        "dead:bench",
+        "mongodb:bench",
+    )
+    .unwrap();
+    source.start(Some(start.clone())).await.unwrap();
+    let t = Instant::now();
+    let (mut batches, mut published) = (std::collections::VecDeque::new(), 0u64);
+    while published < events {
+        let b = source.next_batch().await.unwrap();
+        published += b.messages.len() as u64;
+        batches.push_back(b);
+    }
+    let alone = t.elapsed();
+    drop(source);
+    println!("connector alone, no log            {}", rate(events, alone));
+
+    // 3. The runner and the log alone: those batches into a fresh log.
+    let replay_dir = tempfile::tempdir().unwrap();
+    let replay_log: Arc<dyn ChannelLog> = Arc::new(
+        EmbeddedLog::open(
+            replay_dir.path(),
+            EmbeddedOptions::default(),
+            Arc::new(Quiet),
+        )
+        .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let t = Instant::now();
+    let runner = tokio::spawn(run(
+        Box::new(Replay(batches)),
+        options("replay"),
+        replay_log.clone(),
+        shutdown.clone(),
+    ));
+    while in_log(replay_log.as_ref(), stores) < events {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let log_alone = t.elapsed();
+    shutdown.cancel();
+    runner.await.unwrap();
+    replay_log.close().await;
+    println!(
+        "runner + log alone, no MongoDB     {}",
+        rate(events, log_alone)
+    );
+
+    // 4. The connector into the durable log, from the stored position.
+    let shutdown = CancellationToken::new();
+    let source = MongoSource::new(
+        "bench",
+        config(&server, "shop.orders", SnapshotMode::Never),
+        "dead:bench",
+        "mongodb:bench",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let runner = tokio::spawn(run(
+        Box::new(source),
+        options("bench"),
+        dyn_log.clone(),
+        shutdown.clone(),
+    ));
+    while in_log(log.as_ref(), stores) < events {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let through = t.elapsed();
+    shutdown.cancel();
+    runner.await.unwrap();
+    println!(
+        "connector into the durable log     {}  = {:.0} % of the ceiling",
+        rate(events, through),
+        100.0 * ceiling.as_secs_f64() / through.as_secs_f64()
+    );
+
+    // 3. An initial snapshot of EVENTS existing documents.
+    for i in 0..events {
+        server.insert("shop.snap", order(i, stores));
+    }
+    let before = in_log(log.as_ref(), stores);
+    let shutdown = CancellationToken::new();
+    let source = MongoSource::new(
+        "snap",
+        config(&server, "shop.snap", SnapshotMode::Initial),
+        "dead:snap",
+        "mongodb:snap",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let runner = tokio::spawn(run(
+        Box::new(source),
+        options("snap"),
+        dyn_log.clone(),
+        shutdown.clone(),
+    ));
+    while in_log(log.as_ref(), stores) - before < events {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let snapshot = t.elapsed();
+    shutdown.cancel();
+    runner.await.unwrap();
+    println!(
+        "snapshot into the durable log      {}",
+        rate(events, snapshot)
+    );
+    dyn_log.close().await;
+}
