@@ -998,3 +998,174 @@ async fn snapshot_progress_is_counted_in_the_log_when_stderr_is_not_a_terminal()
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// Read `source` until a message named `op` about `_id` `last` arrives; returns every message
+/// before it too.
+async fn read_until(
+    source: &mut MongoSource,
+    op: &str,
+    last: i32,
+) -> Vec<tidings_connectors_core::Publish> {
+    let mut out = Vec::new();
+    loop {
+        let b = tokio::time::timeout(WAIT, source.next_batch())
+            .await
+            .expect("the marker arrives")
+            .unwrap();
+        let done = b.messages.iter().any(|m| {
+            m.data.as_ref().unwrap()["key"]["_id"] == last && m.data.as_ref().unwrap()["op"] == op
+        });
+        out.extend(b.messages);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_pipeline_routing_and_full_document_off() {
+    let mongo = Mongo::start().await;
+    let other = format!("{}_b", mongo.db);
+    let (a, b) = (mongo.db.clone(), other.clone());
+    type Adjust = Box<dyn Fn(&mut MongoConfig)>;
+    let scopes: Vec<(&str, Adjust, Vec<String>)> = vec![
+        ("collection", Box::new(|_| {}), vec![format!("{a}-orders")]),
+        (
+            "collections in one database",
+            {
+                let a = a.clone();
+                Box::new(move |c| {
+                    c.collection = None;
+                    c.collections = vec![format!("{a}.orders"), format!("{a}.items")];
+                })
+            },
+            vec![format!("{a}-orders"), format!("{a}-items")],
+        ),
+        (
+            "collections across databases",
+            {
+                let (a, b) = (a.clone(), b.clone());
+                Box::new(move |c| {
+                    c.collection = None;
+                    c.collections = vec![format!("{a}.orders"), format!("{b}.orders")];
+                })
+            },
+            vec![format!("{a}-orders"), format!("{b}-orders")],
+        ),
+        (
+            "database",
+            {
+                let a = a.clone();
+                Box::new(move |c| {
+                    c.collection = None;
+                    c.database = Some(a.clone());
+                })
+            },
+            vec![
+                format!("{a}-orders"),
+                format!("{a}-items"),
+                format!("{a}-other"),
+            ],
+        ),
+        (
+            "deployment",
+            Box::new(|c| {
+                c.collection = None;
+                c.deployment = true;
+            }),
+            vec![
+                format!("{a}-orders"),
+                format!("{a}-items"),
+                format!("{a}-other"),
+                format!("{b}-orders"),
+            ],
+        ),
+    ];
+    let mut sources = Vec::new();
+    for (name, adjust, expected) in scopes {
+        let mut config = mongo.config("orders", "ch:{ns.db}-{ns.coll}");
+        adjust(&mut config);
+        let mut s = MongoSource::new("shop", config, "dead:shop", "mongodb:shop")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        s.start(None).await.unwrap();
+        assert!(
+            s.next_batch().await.unwrap().messages.is_empty(),
+            "{name}: start position"
+        );
+        sources.push((name, s, expected));
+    }
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    mongo.insert("items", doc! {"_id": 2}).await;
+    mongo.insert("other", doc! {"_id": 3}).await;
+    let other_db = Mongo {
+        test: None,
+        client: mongo.client.clone(),
+        uri: mongo.uri.clone(),
+        db: other.clone(),
+    };
+    match &mongo.test {
+        Some(t) => {
+            t.insert(&format!("{other}.orders"), doc! {"_id": 4});
+        }
+        None => other_db.insert("orders", doc! {"_id": 4}).await,
+    }
+    mongo.insert("orders", doc! {"_id": 5, "store": "n1"}).await;
+    for (name, source, expected) in &mut sources {
+        let got: std::collections::BTreeSet<String> = read_until(source, "insert", 5)
+            .await
+            .into_iter()
+            .map(|m| m.channel)
+            // A real deployment may carry other tests' databases.
+            .filter(|c| c.starts_with(&format!("ch:{a}-")) || c.starts_with(&format!("ch:{b}-")))
+            .collect();
+        let expected: std::collections::BTreeSet<String> =
+            expected.iter().map(|c| format!("ch:{c}")).collect();
+        assert_eq!(got, expected, "scope {name}");
+    }
+
+    // Routing by the fields a pipeline sets; the pipeline also filters.
+    let mut config = mongo.config("orders", "unused");
+    config.channel = None;
+    config.pipeline = vec![
+        serde_json::json!({"$match": {"operationType": "update"}}),
+        serde_json::json!({"$addFields": {
+            "_channel": {"$concat": ["p:", "$fullDocument.store"]},
+            "_name": "order.changed",
+            "_headers": {"src": "pipeline"},
+        }}),
+    ];
+    let mut routed = MongoSource::new("shop", config, "dead:shop", "mongodb:shop").unwrap();
+    routed.start(None).await.unwrap();
+    routed.next_batch().await.unwrap();
+    // And updates without the looked-up document.
+    let mut config = mongo.config("orders", "off:{ns.coll}");
+    config.full_document = tidings_connector_mongodb::config::FullDocument::Off;
+    let mut off = MongoSource::new("shop", config, "dead:shop", "mongodb:shop").unwrap();
+    off.start(None).await.unwrap();
+    off.next_batch().await.unwrap();
+    mongo.insert("orders", doc! {"_id": 6, "store": "n2"}).await;
+    mongo.update("orders", 6, doc! {"$set": {"qty": 3}}).await;
+    let m = read_until(&mut routed, "update", 6).await;
+    assert_eq!(
+        m.len(),
+        1,
+        "the insert was filtered out by the pipeline: {m:?}"
+    );
+    assert_eq!(
+        (m[0].channel.as_str(), m[0].name.as_deref()),
+        ("p:n2", Some("order.changed"))
+    );
+    assert_eq!(m[0].headers, Some(serde_json::json!({"src": "pipeline"})));
+    let data = m[0].data.as_ref().unwrap();
+    assert_eq!(data["op"], "update");
+    assert_eq!(data["updated_fields"], serde_json::json!({"qty": 3}));
+    assert!(data.get("_channel").is_none());
+    let m = read_until(&mut off, "update", 6).await;
+    let update = m
+        .iter()
+        .find(|m| m.name.as_deref() == Some("update"))
+        .unwrap();
+    let data = update.data.as_ref().unwrap();
+    assert!(data["document"].is_null(), "full_document = off: {data}");
+    assert_eq!(data["updated_fields"], serde_json::json!({"qty": 3}));
+}
