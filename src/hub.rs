@@ -5,12 +5,19 @@
 //! every connection (`Utf8Bytes` is reference-counted). Publishing never waits for subscribers:
 //! a subscriber that falls more than the ring's capacity behind gets `Lagged` and catches up
 //! from the log, so slow consumers hurt only themselves.
+//!
+//! Beside the ring, each channel keeps its most recent messages (the same shared frames, so
+//! only a pointer each): a client resuming a little behind the head, which is what every
+//! long-poll request and most reconnects are, catches up from memory instead of the log. A
+//! channel stays in the hub for [`IDLE_GRACE`] after its last subscriber leaves, so the gap
+//! between two polls, or a reconnect, does not lose it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
@@ -34,9 +41,31 @@ pub struct Live {
     pub reset: Option<Arc<str>>,
 }
 
+/// How long a channel without subscribers keeps its ring and recent messages.
+pub const IDLE_GRACE: Duration = Duration::from_secs(30);
+
+/// One channel with subscribers (or had some within [`IDLE_GRACE`]).
+struct Channel {
+    tx: broadcast::Sender<Arc<Live>>,
+    /// The last `capacity` messages in serial order, each linked to the one before by `prev`;
+    /// emptied when the history restarts. A message enters before it is sent on `tx`.
+    recent: Mutex<VecDeque<Arc<Live>>>,
+    /// Since when nobody subscribes (set by `release`, cleared by `subscribe`).
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Channel {
+    /// A subscriber arrived: count the channel as active again if it was idle.
+    fn wake(&self, metrics: &Metrics) {
+        if self.idle_since.lock().take().is_some() {
+            metrics.channels_active.inc();
+        }
+    }
+}
+
 /// The fan-out hub.
 pub struct Hub {
-    channels: RwLock<HashMap<Arc<str>, broadcast::Sender<Arc<Live>>>>,
+    channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -54,54 +83,108 @@ impl Hub {
     /// Start receiving live messages of `channel`. Call before reading the log's head, so that
     /// nothing appended in between is missed.
     pub fn subscribe(&self, channel: &ChannelName) -> broadcast::Receiver<Arc<Live>> {
-        if let Some(tx) = self.channels.read().get(channel.as_arc()) {
-            return tx.subscribe();
+        if let Some(c) = self.channels.read().get(channel.as_arc()) {
+            let rx = c.tx.subscribe();
+            c.wake(&self.metrics);
+            return rx;
         }
         let mut channels = self.channels.write();
-        let tx = channels.entry(channel.as_arc().clone()).or_insert_with(|| {
+        let c = channels.entry(channel.as_arc().clone()).or_insert_with(|| {
             self.metrics.channels_active.inc();
-            broadcast::channel(self.capacity).0
+            Arc::new(Channel {
+                tx: broadcast::channel(self.capacity).0,
+                recent: Mutex::new(VecDeque::new()),
+                idle_since: Mutex::new(None),
+            })
         });
-        tx.subscribe()
+        let rx = c.tx.subscribe();
+        c.wake(&self.metrics);
+        rx
     }
 
-    /// A subscriber of `channel` dropped its receiver; forget the channel if it was the last.
+    /// The recent messages of `channel` after serial `after`, if memory holds every one of them
+    /// from `after` on (`None`: read the log). Call after [`Hub::subscribe`]: a message not yet
+    /// here when this reads is sent to that receiver afterwards. The answer may stop short of
+    /// the log's head; the rest arrives live.
+    pub fn recent_after(&self, channel: &ChannelName, after: u64) -> Option<Vec<Arc<Live>>> {
+        let c = self.channels.read().get(channel.as_arc()).cloned()?;
+        let recent = c.recent.lock();
+        if recent.front()?.prev > after {
+            return None;
+        }
+        let start = recent.partition_point(|l| l.serial <= after);
+        Some(recent.range(start..).cloned().collect())
+    }
+
+    /// A subscriber of `channel` dropped its receiver. If it was the last, the channel is idle:
+    /// [`Hub::sweep`] forgets it once idle longer than the grace period.
     pub fn release(&self, channel: &ChannelName) {
-        let mut channels = self.channels.write();
-        if let Some(tx) = channels.get(channel.as_arc()) {
-            if tx.receiver_count() == 0 {
-                channels.remove(channel.as_arc());
-                self.metrics.channels_active.dec();
+        // The write lock: no subscribe runs meanwhile, so the count is settled.
+        let channels = self.channels.write();
+        if let Some(c) = channels.get(channel.as_arc()) {
+            if c.tx.receiver_count() == 0 {
+                let mut idle = c.idle_since.lock();
+                if idle.is_none() {
+                    *idle = Some(Instant::now());
+                    self.metrics.channels_active.dec();
+                }
             }
         }
+    }
+
+    /// Forget the channels nobody has subscribed to for `grace`; returns how many.
+    pub fn sweep(&self, grace: Duration) -> usize {
+        let mut channels = self.channels.write();
+        let before = channels.len();
+        channels.retain(|_, c| {
+            let idle = *c.idle_since.lock();
+            !(c.tx.receiver_count() == 0 && idle.is_some_and(|t| t.elapsed() >= grace))
+        });
+        before - channels.len()
     }
 }
 
 impl AppendObserver for Hub {
     fn appended(&self, channel: &ChannelName, prev: u64, messages: &[StoredMessage]) {
         self.metrics.messages_appended.inc_by(messages.len() as u64);
-        let Some(tx) = self.channels.read().get(channel.as_arc()).cloned() else {
+        let Some(c) = self.channels.read().get(channel.as_arc()).cloned() else {
             return;
         };
         let mut prev = prev;
-        for m in messages {
-            let live = Live {
-                serial: m.serial,
-                prev,
-                frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
-                reset: None,
-            };
-            prev = m.serial;
+        let lives: Vec<Arc<Live>> = messages
+            .iter()
+            .map(|m| {
+                let live = Live {
+                    serial: m.serial,
+                    prev,
+                    frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
+                    reset: None,
+                };
+                prev = m.serial;
+                Arc::new(live)
+            })
+            .collect();
+        {
+            let mut recent = c.recent.lock();
+            for live in &lives {
+                if recent.len() == self.capacity {
+                    recent.pop_front();
+                }
+                recent.push_back(live.clone());
+            }
+        }
+        for live in lives {
             // An error only means nobody is subscribed any more.
-            let _ = tx.send(Arc::new(live));
+            let _ = c.tx.send(live);
         }
     }
 
     fn reset(&self, channel: &ChannelName, epoch: &Arc<str>, head: u64) {
-        let Some(tx) = self.channels.read().get(channel.as_arc()).cloned() else {
+        let Some(c) = self.channels.read().get(channel.as_arc()).cloned() else {
             return;
         };
-        let _ = tx.send(Arc::new(Live {
+        c.recent.lock().clear();
+        let _ = c.tx.send(Arc::new(Live {
             serial: head,
             prev: head,
             frame: Utf8Bytes::from_static(""),
@@ -189,6 +272,58 @@ mod tests {
         assert_eq!(a.recv().await.unwrap().prev, 4);
         drop((a, b));
         hub.release(&ch);
+        assert_eq!(hub.sweep(Duration::from_secs(60)), 0, "kept while recent");
+        let _again = hub.subscribe(&ch);
+        hub.release(&ch);
+        assert_eq!(hub.sweep(Duration::ZERO), 0, "a subscriber is back");
+        drop(_again);
+        hub.release(&ch);
+        assert_eq!(hub.sweep(Duration::ZERO), 1, "forgotten once idle");
         assert!(hub.channels.read().is_empty());
+    }
+
+    fn stored(serials: std::ops::RangeInclusive<u64>) -> Vec<StoredMessage> {
+        serials
+            .map(|serial| StoredMessage {
+                serial,
+                id: None,
+                name: None,
+                data: None,
+                headers: None,
+                timestamp: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recent_messages_answer_only_what_they_hold_without_a_gap() {
+        let hub = Hub::new(4, Arc::new(Metrics::new()));
+        let ch = ChannelName::parse("c").unwrap();
+        // Nothing is kept for a channel nobody follows.
+        hub.appended(&ch, 0, &stored(1..=2));
+        let _rx = hub.subscribe(&ch);
+        assert!(hub.recent_after(&ch, 2).is_none(), "empty: read the log");
+        hub.appended(&ch, 2, &stored(3..=5));
+        let serials = |after| {
+            hub.recent_after(&ch, after)
+                .map(|v| v.iter().map(|l| l.serial).collect::<Vec<_>>())
+        };
+        assert_eq!(serials(2), Some(vec![3, 4, 5]), "3's predecessor is 2");
+        assert_eq!(serials(4), Some(vec![5]));
+        assert_eq!(serials(5), Some(vec![]), "at the head: the rest comes live");
+        assert_eq!(serials(1), None, "2 was never held: read the log");
+        // Between two polls nobody subscribes: the channel and its messages stay.
+        drop(_rx);
+        hub.release(&ch);
+        hub.appended(&ch, 5, &stored(6..=6));
+        let _rx = hub.subscribe(&ch);
+        assert_eq!(serials(4), Some(vec![5, 6]));
+        // Past capacity the oldest go.
+        hub.appended(&ch, 6, &stored(7..=7));
+        assert_eq!(serials(2), None, "3 was dropped");
+        assert_eq!(serials(3), Some(vec![4, 5, 6, 7]));
+        // A restarted history forgets them all.
+        hub.reset(&ch, &Arc::from("e2"), 7);
+        assert_eq!(serials(7), None);
     }
 }

@@ -92,7 +92,7 @@ impl Server {
             source,
         })?;
         let shutdown = CancellationToken::new();
-        let state = AppState {
+        let state = AppState::new(crate::server::Shared {
             config: config.clone(),
             log: log.clone(),
             hub,
@@ -104,7 +104,18 @@ impl Server {
                 config.limits.max_connections,
                 config.limits.max_connections_per_subject,
             ),
-        };
+        });
+        // Channels nobody followed for a while leave the hub (and their recent messages go).
+        let (hub, stop) = (state.hub.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::hub::IDLE_GRACE / 3);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => { hub.sweep(crate::hub::IDLE_GRACE); }
+                }
+            }
+        });
         let retention = tokio::spawn(retain_forever(
             log.clone(),
             config.clone(),

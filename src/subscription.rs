@@ -5,7 +5,9 @@
 //! live messages from the hub without a gap or a duplicate: it subscribes to the hub first, then
 //! reads the log from the client's position up to the head, then takes live messages, skipping
 //! serials already delivered and going back to the log whenever a live message's predecessor
-//! was not delivered (the live ring overflowed, or messages arrived during catch-up).
+//! was not delivered (the live ring overflowed, or messages arrived during catch-up). A client
+//! only a little behind (a long-poll request, a quick reconnect) catches up from the hub's
+//! recent messages, already encoded, without reading the log.
 //!
 //! [`Subscription::next`] is cancel-safe: a delivery's state changes only once it returns, so a
 //! transport may race it against other work in `select!`.
@@ -100,6 +102,9 @@ pub struct Subscription {
     live: StreamMap<Arc<str>, BroadcastStream<Arc<Live>>>,
     /// Channels whose next messages must come from the log.
     behind: VecDeque<Arc<str>>,
+    /// Catch-up taken from the hub's recent messages at attach, delivered before anything else
+    /// (an attachment's `last` counts them once delivered).
+    ready: VecDeque<Delivery>,
 }
 
 impl Subscription {
@@ -111,6 +116,7 @@ impl Subscription {
             attachments: HashMap::new(),
             live: StreamMap::new(),
             behind: VecDeque::new(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -142,6 +148,27 @@ impl Subscription {
             (None, None) => (state.head, false, None),
         };
         let key = channel.as_arc().clone();
+        if serial < state.head {
+            // From memory when it holds everything after `serial` and the history did not
+            // restart meanwhile (the log's epoch changes before the hub forgets); else the log.
+            let recent = self
+                .hub
+                .recent_after(channel, serial)
+                .filter(|_| self.log.state(channel).epoch == state.epoch);
+            match recent {
+                Some(lives) => {
+                    for live in lives {
+                        self.ready.push_back(Delivery {
+                            channel: channel.clone(),
+                            serial: live.serial,
+                            kind: Kind::Message,
+                            frame: live.frame.clone(),
+                        });
+                    }
+                }
+                None => self.behind.push_back(key.clone()),
+            }
+        }
         self.attachments.insert(
             key.clone(),
             Attachment {
@@ -152,9 +179,6 @@ impl Subscription {
         );
         self.live
             .insert(key.clone(), BroadcastStream::new(receiver));
-        if serial < state.head {
-            self.behind.push_back(key);
-        }
         Attached {
             channel: channel.clone(),
             epoch: state.epoch,
@@ -172,6 +196,7 @@ impl Subscription {
         }
         self.live.remove(key);
         self.behind.retain(|k| k != key);
+        self.ready.retain(|d| d.channel != *channel);
         self.hub.release(channel);
         true
     }
@@ -195,13 +220,24 @@ impl Subscription {
 
     /// Whether some channel has messages waiting in the log (the next call returns at once).
     pub fn is_behind(&self) -> bool {
-        !self.behind.is_empty()
+        !self.behind.is_empty() || !self.ready.is_empty()
     }
 
     /// The next messages: a log page for a channel that is behind, else live messages (as
     /// many as are ready, up to `max`). Waits while there is nothing; pending forever when no
     /// channel is attached.
     pub async fn next(&mut self, max: usize) -> Event {
+        if !self.ready.is_empty() {
+            // Live messages are only read once this is empty, so `last` is up to date by then.
+            let n = self.ready.len().min(max.max(1));
+            let batch: Vec<Delivery> = self.ready.drain(..n).collect();
+            for d in &batch {
+                if let Some(att) = self.attachments.get_mut(d.channel.as_arc()) {
+                    att.last = att.last.max(d.serial);
+                }
+            }
+            return Event::Messages(batch);
+        }
         loop {
             if let Some(key) = self.behind.front().cloned() {
                 match self.read_page(&key).await {

@@ -227,6 +227,60 @@ async fn long_poll_through_cuts_loses_nothing() {
     assert_eq!(got, (1..=300).collect::<Vec<_>>());
 }
 
+/// While others follow a channel, the hub keeps its recent messages: polls (and reconnects) a
+/// little behind the head catch up from memory. Joined to live messages arriving at the same
+/// time, nothing may be lost, repeated or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_behind_the_head_while_publishing_get_everything_once_in_order() {
+    let t = TestServer::start_with(|c| c.session.live_buffer = 64).await;
+    let http = reqwest::Client::new();
+    // A WebSocket subscriber keeps the channel live in the hub.
+    let mut keeper = Client::connect(&t.ws_url(), Some(KEY)).await;
+    let attached = keeper.attach("mem", json!({})).await;
+    let epoch = attached["epoch"].as_str().unwrap().to_owned();
+    let (h2, base) = (http.clone(), t.http());
+    const N: u64 = 3000;
+    let publisher = tokio::spawn(async move {
+        let mut i = 0;
+        while i < N {
+            // Batches of 1 to 7: polls land in the middle of batches too.
+            let n = (i % 7 + 1).min(N - i);
+            let body: Vec<Value> = (i..i + n).map(|k| json!({ "data": k })).collect();
+            publish(&h2, &base, "mem", json!(body)).await;
+            i += n;
+        }
+    });
+    let mut next = format!("mem={epoch}:0");
+    let mut got = Vec::new();
+    let mut polls = 0;
+    while (got.len() as u64) < N {
+        let r = poll(
+            &http,
+            &t.http(),
+            &format!("channel=mem&from={next}&wait=5s"),
+        )
+        .await;
+        assert_eq!(r["attached"][0]["resumed"], true, "{r}");
+        for m in r["messages"].as_array().unwrap() {
+            got.push(m["serial"].as_u64().unwrap());
+            assert_eq!(
+                m["data"].as_u64().unwrap() + 1,
+                m["serial"].as_u64().unwrap()
+            );
+        }
+        next = r["next"].as_str().unwrap().to_owned();
+        polls += 1;
+    }
+    publisher.await.unwrap();
+    assert_eq!(got, (1..=N).collect::<Vec<_>>());
+    assert!(polls > 20, "many polls joined memory and live ({polls})");
+    // The keeper saw the same, live.
+    assert_eq!(
+        serials(&keeper.messages(N as usize).await),
+        (1..=N).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_resumes_through_repeated_cuts() {
     let t = TestServer::start().await;

@@ -24,9 +24,28 @@ use crate::log::ChannelLog;
 use crate::metrics::Metrics;
 use crate::token::TokenError;
 
-/// Everything a request handler or a session needs.
+/// Everything a request handler or a session needs: one shared allocation, so the clone every
+/// request takes is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Share `shared` with every request and session.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub config: Arc<Config>,
     pub log: Arc<dyn ChannelLog>,
     pub hub: Arc<Hub>,
