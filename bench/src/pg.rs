@@ -8,8 +8,9 @@
 //!   slot of its own into a pipe this process reads: the floor, nothing done with the rows.
 //! - `polling-relay`: the way most outbox relays work, written straightforwardly in Rust here:
 //!   `LISTEN` (a statement trigger sends `NOTIFY`), then `SELECT … WHERE id > $last ORDER BY id
-//!   LIMIT 1000` until empty, each page published to Tidings over REST (one request per page)
-//!   and delivered to a WebSocket client like Tidings' own.
+//!   LIMIT 1000` until empty, each page published over REST (one request per page) to a second
+//!   Tidings server of its own (so the two never share a log writer or its syncs) and delivered
+//!   to a WebSocket client like Tidings' own.
 //!
 //! Two measurements:
 //!
@@ -153,7 +154,7 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
     let floor = rows as f64 / secs;
     reports.push(r);
 
-    let tidings = Tidings::start(&server, &url).await?;
+    let tidings = Tidings::start(&server, Some(&url)).await?;
     let http = common::http_client(Duration::from_secs(30))?;
     let mut r = Report::new("postgres-throughput");
     r.text("system", "tidings");
@@ -168,10 +169,11 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
     }
     reports.push(r);
 
-    let relay = Relay::start(&url, &tidings.http, http.clone()).await?;
+    let relay_target = Tidings::start(&server, None).await?;
+    let relay = Relay::start(&url, &relay_target.http, http.clone()).await?;
     let mut r = Report::new("postgres-throughput");
     r.text("system", "polling-relay");
-    match drain_time(&http, &tidings.http, RELAY_CHANNEL, a.rows).await {
+    match drain_time(&http, &relay_target.http, RELAY_CHANNEL, a.rows).await {
         Ok(secs) => {
             let rate = a.rows as f64 / secs;
             r.int("rows", a.rows, "rows");
@@ -183,7 +185,7 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
     reports.push(r);
 
     // 2. Latency: all three read live while the writers insert at each rate.
-    let stamps = Receivers::start(&pg, &tidings.http).await?;
+    let stamps = Receivers::start(&pg, &tidings.http, &relay_target.http).await?;
     let mut seq = a.rows;
     for &rate in &a.rates {
         let first = seq + 1;
@@ -222,6 +224,7 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
     drop(relay);
     drop(stamps);
     drop(tidings);
+    drop(relay_target);
     Ok(reports)
 }
 
@@ -428,7 +431,7 @@ impl Step {
 }
 
 impl Receivers {
-    async fn start(pg: &Cluster, base: &str) -> Result<Receivers> {
+    async fn start(pg: &Cluster, base: &str, relay_base: &str) -> Result<Receivers> {
         let state = Arc::new(Mutex::new(Step {
             got: vec![
                 ("tidings", Vec::new()),
@@ -438,8 +441,10 @@ impl Receivers {
             ..Step::default()
         }));
         let mut tasks = Vec::new();
-        let ws_url = format!("{}/v1/connect", base.replacen("http://", "ws://", 1));
-        for (system, channel) in [(0, CHANNEL), (1, RELAY_CHANNEL)] {
+        let ws = |b: &str| format!("{}/v1/connect", b.replacen("http://", "ws://", 1));
+        for (system, channel, ws_url) in
+            [(0, CHANNEL, ws(base)), (1, RELAY_CHANNEL, ws(relay_base))]
+        {
             let (mut ws, _) =
                 common::ws_connect(&ws_url, &format!("Bearer {KEY}"), None, 5).await?;
             common::attach(&mut ws, channel, None).await?;
@@ -602,7 +607,7 @@ impl Relay {
     }
 }
 
-/// The `tidings` binary serving with the Postgres connector.
+/// The `tidings` binary, with the Postgres connector on `url` when given.
 struct Tidings {
     _child: Child,
     _dir: tempfile_dir::Dir,
@@ -610,15 +615,16 @@ struct Tidings {
 }
 
 impl Tidings {
-    async fn start(server: &Path, url: &str) -> Result<Tidings> {
+    async fn start(server: &Path, url: Option<&str>) -> Result<Tidings> {
         let dir = tempfile_dir::Dir::new("tidings-bench-pg")?;
         let config = dir.path().join("tidings.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[limits]\npublish_rate = 10000000\n\n[connectors.postgres]\ntype = \"postgres\"\nurl = \"{url}\"\ncleanup = false\nstatus_interval = \"1s\"\n"
-            ),
-        )?;
+        let mut text = String::from("[limits]\npublish_rate = 10000000\n");
+        if let Some(url) = url {
+            text.push_str(&format!(
+                "\n[connectors.postgres]\ntype = \"postgres\"\nurl = \"{url}\"\ncleanup = false\nstatus_interval = \"1s\"\n"
+            ));
+        }
+        std::fs::write(&config, text)?;
         let mut child = Command::new(server)
             .arg("serve")
             .arg("--config")
@@ -668,10 +674,12 @@ mod tempfile_dir {
 
     impl Dir {
         pub fn new(prefix: &str) -> std::io::Result<Dir> {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let path = std::env::temp_dir().join(format!(
-                "{prefix}-{}-{}",
+                "{prefix}-{}-{}-{}",
                 std::process::id(),
-                crate::common::unix_ms()
+                crate::common::unix_ms(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ));
             std::fs::create_dir_all(&path)?;
             Ok(Dir(path))
