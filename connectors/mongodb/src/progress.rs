@@ -66,7 +66,7 @@ impl SnapshotMeter {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} snapshot [{bar:30}] {human_pos}/{human_len} docs  {per_sec}  ETA {eta}  {msg}",
+                    "{prefix} snapshot [{bar:25}] {human_pos}/{human_len}  {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -105,8 +105,9 @@ impl SnapshotMeter {
             }
         }
         if let Some(bar) = &self.bar {
+            let (per_sec, eta_s) = self.pace();
             bar.set_position(self.done);
-            bar.set_message(ns.to_owned());
+            bar.set_message(format!("{per_sec:.0}/s  ETA {eta_s}s  {ns}"));
             return;
         }
         let step = |n: u64| n * LOG_STEPS / self.total.max(1);
@@ -115,15 +116,20 @@ impl SnapshotMeter {
         }
     }
 
-    fn log(&mut self, ns: &str) {
-        let elapsed = self.started.elapsed();
-        let per_sec = rate(self.done - self.resumed_at, elapsed);
+    /// Documents per second in this run, and the seconds left at that pace.
+    fn pace(&self) -> (f64, u64) {
+        let per_sec = rate(self.done - self.resumed_at, self.started.elapsed());
         let left = self.total.saturating_sub(self.done);
         let eta_s = if per_sec > 0.0 {
             (left as f64 / per_sec).round() as u64
         } else {
             0
         };
+        (per_sec, eta_s)
+    }
+
+    fn log(&mut self, ns: &str) {
+        let (per_sec, eta_s) = self.pace();
         let percent = if self.total > 0 {
             (self.done as f64 * 100.0 / self.total as f64).min(100.0)
         } else {
