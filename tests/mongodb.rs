@@ -1169,3 +1169,79 @@ async fn scopes_pipeline_routing_and_full_document_off() {
     assert!(data["document"].is_null(), "full_document = off: {data}");
     assert_eq!(data["updated_fields"], serde_json::json!({"qty": 3}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_and_drop_database_are_control_messages() {
+    // Renames and database drops are asked of the test server (the helpers write through it).
+    let mongo = Mongo::start_test_server().await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    mongo.insert("items", doc! {"_id": 1}).await;
+    let names = |msgs: &[tidings_connectors_core::Publish]| -> Vec<(String, String)> {
+        msgs.iter()
+            .map(|m| (m.channel.clone(), m.name.clone().unwrap_or_default()))
+            .collect()
+    };
+    async fn until_invalidate(s: &mut MongoSource) -> Vec<tidings_connectors_core::Publish> {
+        let mut out = Vec::new();
+        loop {
+            let b = tokio::time::timeout(WAIT, s.next_batch())
+                .await
+                .unwrap()
+                .unwrap();
+            let done = b
+                .messages
+                .iter()
+                .any(|m| m.name.as_deref() == Some("invalidate"));
+            out.extend(b.messages);
+            if done {
+                return out;
+            }
+        }
+    }
+    // A collection renamed away: `rename` (with where to), then the stream is invalidated.
+    let mut coll = MongoSource::new(
+        "shop",
+        mongo.config("orders", "orders:{ns.coll}"),
+        "dead:shop",
+        "mongodb:shop",
+    )
+    .unwrap();
+    coll.start(None).await.unwrap();
+    coll.next_batch().await.unwrap();
+    // A database-wide stream on the same database.
+    let mut config = mongo.config("orders", "db:{ns.coll}");
+    config.collection = None;
+    config.database = Some(mongo.db.clone());
+    let mut db = MongoSource::new("shopdb", config, "dead:shopdb", "mongodb:shopdb").unwrap();
+    db.start(None).await.unwrap();
+    db.next_batch().await.unwrap();
+    mongo
+        .ts()
+        .rename_collection(&mongo.ns("orders"), &mongo.ns("archive"));
+    let msgs = until_invalidate(&mut coll).await;
+    assert_eq!(
+        names(&msgs),
+        vec![
+            ("mongodb:shop".into(), "rename".into()),
+            ("orders:orders".into(), "rename".into()),
+            ("mongodb:shop".into(), "invalidate".into()),
+        ],
+        "{msgs:?}"
+    );
+    let rename = msgs[0].data.as_ref().unwrap();
+    assert_eq!(rename["to"]["coll"], "archive", "{rename}");
+    assert_eq!(rename["ns"]["coll"], "orders");
+    // The database stream saw the rename and goes on; dropping the database ends it.
+    mongo.ts().drop_database(&mongo.db);
+    let msgs = until_invalidate(&mut db).await;
+    let control: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.channel == "mongodb:shopdb")
+        .map(|m| m.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        control,
+        vec!["rename", "drop", "drop", "dropDatabase", "invalidate"],
+        "{msgs:?}"
+    );
+}
