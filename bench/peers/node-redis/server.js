@@ -43,6 +43,11 @@ function join(channel, ws) {
   if (!entry) {
     entry = { sockets: new Set(), ready: subscriber.subscribe(channel) };
     channels.set(channel, entry);
+    // A refused SUBSCRIBE is not cached: the next subscriber to the channel tries again.
+    const failed = entry;
+    entry.ready.catch(() => {
+      if (channels.get(channel) === failed) channels.delete(channel);
+    });
   }
   entry.sockets.add(ws);
   return entry.ready;
