@@ -148,6 +148,33 @@ fn postgres_control_channel(
     )
 }
 
+/// What `GET /v1/connectors` reports per connector, registered when connectors are built.
+/// Process-wide (connectors are built before the server exists): one server per process.
+static STATUS: std::sync::LazyLock<
+    parking_lot::Mutex<
+        BTreeMap<String, std::sync::Arc<tidings_connector_postgres::lag::SlotStatus>>,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The status of every Postgres connector built in this process: its slot and the slot's
+/// latest lag reading (`null` until the first, or while the slot cannot be read).
+pub fn status() -> serde_json::Value {
+    let connectors: Vec<serde_json::Value> = STATUS
+        .lock()
+        .iter()
+        .map(|(name, slot)| {
+            let lag = slot.get();
+            serde_json::json!({
+                "name": name,
+                "type": "postgres",
+                "slot_lag_bytes": lag.map(|l| l.lag_bytes),
+                "retained_wal_bytes": lag.map(|l| l.retained_bytes),
+            })
+        })
+        .collect();
+    serde_json::json!({ "connectors": connectors })
+}
+
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.
 pub type Sources = Vec<(SourceOptions, Box<dyn Source>)>;
 
@@ -172,6 +199,7 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                 source.observe_lag(std::sync::Arc::new(|connector, lag| {
                     crate::metrics::postgres_slot(connector, lag.lag_bytes, lag.retained_bytes)
                 }));
+                STATUS.lock().insert(name.clone(), source.status());
                 let source = ValidResets(source);
                 let to_dlq = matches!(
                     pg.on_poison,

@@ -904,6 +904,23 @@ async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
     expect_messages(&t.http(), "lag:1", 1).await;
     let first = wait_for_lag(&t.http(), |_| true).await;
     assert!(first < 1 << 20, "caught up, yet {first} bytes behind");
+    // The same reading in the connector's status.
+    let status: Value = reqwest::get(format!("{}/v1/connectors", t.http()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = status["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lagged")
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for the connector: {status}"));
+    assert_eq!(me["type"], "postgres");
+    assert!(me["slot_lag_bytes"].as_i64().is_some(), "{me}");
+    assert!(me["retained_wal_bytes"].as_i64().is_some(), "{me}");
 
     // Hold the connector back: it records a new channel before handing out its first
     // message, and that table is locked. Meanwhile other tables write 8 MB of WAL.
@@ -920,6 +937,23 @@ async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
     .await
     .unwrap();
     let behind = wait_for_lag(&t.http(), |lag| lag > 8_000_000).await;
+    let status: Value = reqwest::get(format!("{}/v1/connectors", t.http()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let held: Vec<i64> = status["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "lagged")
+        .filter_map(|c| c["slot_lag_bytes"].as_i64())
+        .collect();
+    assert!(
+        held.iter().any(|l| *l > 8_000_000),
+        "the status shows the lag too: {status}"
+    );
     lock.rollback().await.unwrap();
     expect_messages(&t.http(), "lag:2", 1).await;
     let caught_up = wait_for_lag(&t.http(), |lag| lag < 1 << 20).await;

@@ -145,7 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(rest::issue_token))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
-        .route("/metrics", get(rest::metrics));
+        .route("/metrics", get(rest::metrics))
+        .route("/v1/connectors", get(rest::connectors));
     // Static pages, when configured, answer every other GET; unknown paths still get the API's
     // JSON 404, so a mistyped `/v1/...` route is as plain with a web root as without.
     let router = match &state.config.web_root {

@@ -198,6 +198,12 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /v1/connectors`: each database connector's status (Postgres: slot lag), for operators
+/// beside `/metrics`.
+pub(super) async fn connectors() -> Response {
+    Json(crate::connector::status()).into_response()
+}
+
 /// Any other path.
 pub(super) async fn not_found() -> Response {
     let e = ApiError::new(
