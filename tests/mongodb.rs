@@ -175,11 +175,22 @@ impl Mongo {
 
 /// The server in this process with one MongoDB connector named `name`.
 async fn serve(dir: &std::path::Path, name: &str, mongo: MongoConfig) -> Server {
+    serve_with(dir, name, mongo, |_| {}).await
+}
+
+/// [`serve`] with the server's configuration adjusted first.
+async fn serve_with(
+    dir: &std::path::Path,
+    name: &str,
+    mongo: MongoConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> Server {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..Config::default()
     };
+    adjust(&mut config);
     config.add_api_key(KEY).unwrap();
     config
         .connectors
@@ -1244,4 +1255,35 @@ async fn rename_and_drop_database_are_control_messages() {
         vec!["rename", "drop", "drop", "dropDatabase", "invalidate"],
         "{msgs:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_document_goes_to_the_dead_letter_and_the_stream_goes_on() {
+    let mongo = Mongo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(
+        dir.path(),
+        "shop",
+        mongo.config("orders", "orders:{fullDocument.store}"),
+        |c| c.limits.max_message_bytes = 4096,
+    )
+    .await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    mongo
+        .insert(
+            "orders",
+            doc! {"_id": 2, "store": "n1", "blob": "x".repeat(10_000)},
+        )
+        .await;
+    mongo.insert("orders", doc! {"_id": 3, "store": "n1"}).await;
+    let ok = wait_for(&base(&server), "orders:n1", |m| m.len() == 2).await;
+    assert_eq!(
+        keys(&ok, "insert").keys().cloned().collect::<Vec<_>>(),
+        vec!["1", "3"]
+    );
+    let dead = wait_for(&base(&server), "dead:shop", |m| m.len() == 1).await;
+    let error = dead[0]["data"]["error"].as_str().unwrap();
+    assert!(error.contains("the limit is 4096"), "{}", dead[0]);
+    assert_eq!(dead[0]["data"]["channel"], "orders:n1");
+    assert!(server.source_failures().lock().is_empty());
 }
