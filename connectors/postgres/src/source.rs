@@ -1,5 +1,10 @@
-//! The Postgres [`Source`]: outbox rows (and `pg_logical_emit_message` messages) read from a
-//! logical replication slot, one batch per source transaction, in commit order.
+//! The Postgres [`Source`]: outbox rows, `pg_logical_emit_message` messages and (with a
+//! channel template) row changes of the publication's other tables, read from a logical
+//! replication slot in commit order.
+//!
+//! Batches. Each transaction is handed out whole (unless over the memory budget, below).
+//! Transactions that have already arrived when one is complete go out in the same batch, so
+//! the log syncs once for all of them; the source never waits for more to arrive.
 //!
 //! Positions. A batch's position is its transaction's *end* LSN (just past the commit record):
 //! Postgres skips, on `START_REPLICATION` at that LSN, every transaction whose commit lies
