@@ -2,7 +2,7 @@
 //! the ceiling of the MongoDB test server it reads from.
 //!
 //! ```sh
-//! cargo run --release -p tidings-connector-mongodb --example throughput -- [EVENTS] [STORES]
+//! cargo run --release --example mongodb_throughput -- [EVENTS] [STORES]
 //! ```
 //!
 //! Everything runs in this process on the machine's cores: the wire-level test server
@@ -22,8 +22,9 @@
 //! 5. **Snapshot**: an initial snapshot of EVENTS existing documents into the log.
 //!
 //! The numbers it prints are the ones `docs/mongodb.md` quotes, with the machine they ran on.
-//! It uses the server crate (`tidings`) as a dev-dependency only, for the real log and runner;
-//! the connector itself depends on `tidings-connectors-core` alone.
+//! It lives in the server package because it drives the server's real log and runner; the
+//! connector itself depends on `tidings-connectors-core` alone (connectors never depend on the
+//! server).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
