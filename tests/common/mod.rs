@@ -101,6 +101,15 @@ impl Client {
             .unwrap();
     }
 
+    /// Send, returning the error instead of failing: for frames the server may refuse by closing
+    /// the connection while they are still being written.
+    pub async fn try_send(
+        &mut self,
+        frame: Value,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::Text(frame.to_string().into())).await
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::Text(text.into())).await.unwrap();
     }
