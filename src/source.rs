@@ -92,12 +92,16 @@ fn prepare(
         match check(&p, opts.max_message_bytes) {
             Ok(m) => out.push(m),
             Err(problem) => {
-                tracing::warn!(source = %opts.name, channel = %p.channel, %problem, "poison change");
+                let key = p
+                    .key
+                    .as_ref()
+                    .map_or_else(|| "none".into(), |k| k.to_string());
+                tracing::warn!(source = %opts.name, channel = %p.channel, %key, %problem, "poison change");
                 match &opts.poison {
                     PoisonPolicy::Stop => {
                         return Err(SourceError::Fatal {
                             what: format!(
-                                "source {} produced a change that cannot be published ({problem}) at {position:?}",
+                                "source {} produced a change that cannot be published ({problem}) at {position:?}, key {key}",
                                 opts.name
                             ),
                             fix: "correct the row or routing, or configure a dead-letter channel so such changes are set aside".into(),
@@ -111,6 +115,7 @@ fn prepare(
                             "channel": p.channel,
                             "name": p.name,
                             "id": p.id,
+                            "key": p.key,
                         });
                         out.push(NewMessage {
                             channel: dlq.clone(),
@@ -238,6 +243,7 @@ mod tests {
             data: Some(data),
             headers: None,
             id: Some(format!("id-{channel}")),
+            key: Some(json!({"_id": channel})),
         }
     }
 
@@ -260,8 +266,16 @@ mod tests {
         let dead: serde_json::Value =
             serde_json::from_str(out[1].data.as_ref().unwrap().get()).unwrap();
         assert_eq!(dead["channel"], "bad channel");
+        assert_eq!(dead["key"], json!({"_id": "bad channel"}));
         assert_eq!(dead["position"]["value"], 7);
         assert!(dead["error"].as_str().unwrap().contains("invalid channel"));
+        let oversized: serde_json::Value =
+            serde_json::from_str(out[2].data.as_ref().unwrap().get()).unwrap();
+        assert_eq!(oversized["key"], json!({"_id": "ok:2"}));
+        assert!(oversized["error"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 1024"));
     }
 
     #[test]
@@ -272,6 +286,9 @@ mod tests {
             &SourcePosition::PostgresLsn(1),
         )
         .unwrap_err();
-        assert!(matches!(err, SourceError::Fatal { .. }));
+        assert!(
+            matches!(&err, SourceError::Fatal { what, .. } if what.contains(r#"key {"_id":"a b"}"#)),
+            "{err}"
+        );
     }
 }

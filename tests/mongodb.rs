@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{history, Process, KEY, WAIT};
 use mongodb::bson::{doc, Bson, Document};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tidings::config::Config;
 use tidings::connector::{build, ConnectorConfig};
 use tidings::runtime::Server;
@@ -640,27 +640,77 @@ async fn unroutable_changes_go_to_the_dead_letter_with_their_key() {
     mongo
         .insert("orders", doc! {"_id": 3, "store": "bad value"})
         .await;
+    // Resolves, but to a name past the 255-byte limit: refused by the server's own check.
+    mongo
+        .insert("orders", doc! {"_id": "long", "store": "x".repeat(300)})
+        .await;
     mongo.insert("orders", doc! {"_id": 4, "store": "n1"}).await;
     let ok = wait_for(&base(&server), "orders:n1", |m| m.len() == 2).await;
     assert_eq!(
         keys(&ok, "insert").keys().cloned().collect::<Vec<_>>(),
         vec!["1", "4"]
     );
-    let dead = wait_for(&base(&server), "dead:shop", |m| m.len() == 2).await;
-    assert_eq!(dead[0]["data"]["key"]["_id"], 2);
-    assert!(
-        dead[0]["data"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("fullDocument.store"),
-        "{}",
-        dead[0]
-    );
-    assert_eq!(dead[1]["data"]["key"]["_id"], 3);
+    let dead = wait_for(&base(&server), "dead:shop", |m| m.len() == 3).await;
+    let expected = [
+        (json!(2), "field `fullDocument.store` is missing"),
+        (json!(3), "cannot be part of a channel name"),
+        (json!("long"), "the limit is 255"),
+    ];
+    for (m, (key, error)) in dead.iter().zip(expected) {
+        assert_eq!(m["name"], "dead_letter", "{m}");
+        assert_eq!(m["data"]["key"], json!({ "_id": key }), "{m}");
+        assert!(
+            m["data"]["error"].as_str().unwrap().contains(error),
+            "{error}: {m}"
+        );
+    }
     assert!(
         server.source_failures().lock().is_empty(),
         "the stream goes on"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_routing_without_a_valid_channel_goes_to_the_dead_letter_with_the_key() {
+    let mongo = Mongo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("orders", "unused");
+    config.channel = None;
+    config.pipeline = vec![json!({"$addFields": {"_channel": "$fullDocument.ch"}})];
+    let server = serve(dir.path(), "shop", config).await;
+    mongo.insert("orders", doc! {"_id": 1, "ch": "p:1"}).await;
+    mongo.insert("orders", doc! {"_id": 2}).await;
+    mongo
+        .insert("orders", doc! {"_id": 3, "ch": "not a channel"})
+        .await;
+    mongo.insert("orders", doc! {"_id": 4, "ch": "p:1"}).await;
+    let ok = wait_for(&base(&server), "p:1", |m| m.len() == 2).await;
+    assert_eq!(
+        keys(&ok, "insert").keys().cloned().collect::<Vec<_>>(),
+        vec!["1", "4"],
+        "the stream goes on after the poison events"
+    );
+    let dead = wait_for(&base(&server), "dead:shop", |m| m.len() == 2).await;
+    assert_eq!(dead[0]["data"]["key"], json!({"_id": 2}), "{}", dead[0]);
+    assert!(
+        dead[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no `_channel` field"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[1]["data"]["key"], json!({"_id": 3}), "{}", dead[1]);
+    assert_eq!(dead[1]["data"]["channel"], "not a channel");
+    assert!(
+        dead[1]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid channel"),
+        "{}",
+        dead[1]
+    );
+    assert!(server.source_failures().lock().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1285,5 +1335,6 @@ async fn an_oversized_document_goes_to_the_dead_letter_and_the_stream_goes_on() 
     let error = dead[0]["data"]["error"].as_str().unwrap();
     assert!(error.contains("the limit is 4096"), "{}", dead[0]);
     assert_eq!(dead[0]["data"]["channel"], "orders:n1");
+    assert_eq!(dead[0]["data"]["key"], json!({"_id": 2}), "{}", dead[0]);
     assert!(server.source_failures().lock().is_empty());
 }

@@ -57,6 +57,7 @@ impl Source for Feed {
                 data: Some(json!({"tx": tx, "k": k})),
                 headers: None,
                 id: Some(format!("lsn-{tx}-{k}")),
+                key: None,
             })
             .collect();
         Ok(Batch {

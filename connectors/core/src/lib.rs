@@ -46,6 +46,11 @@ pub struct Publish {
     /// Idempotency id. Sources derive it from the source position so that a replay after a
     /// crash deduplicates instead of appending twice.
     pub id: Option<String>,
+    /// The changed record's key in the source (MongoDB's `documentKey` as relaxed Extended
+    /// JSON), when the source has one. Not part of the message: it names the record in the
+    /// dead-letter message when the change cannot be published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<serde_json::Value>,
 }
 
 /// A batch of publishes from one source transaction, and the position after it.

@@ -275,6 +275,7 @@ impl Router {
             data: Some(data),
             headers: None,
             id: Some(id),
+            key: None,
         }
     }
 
@@ -365,6 +366,9 @@ impl Router {
             cluster_time,
         } = converted;
         let route = self.route(&view, fields, op);
+        // The document key as relaxed JSON whatever the payload's flavour: it names the
+        // document in a dead-letter message, here or in the server's checks.
+        let key = view.get("documentKey").filter(|k| !k.is_null()).cloned();
         let mut view = match view {
             Value::Object(m) => m,
             _ => Map::new(),
@@ -381,6 +385,7 @@ impl Router {
                         data: Some(data),
                         headers,
                         id: Some(format!("{id}:r")),
+                        key,
                     });
                 }
             }
@@ -394,16 +399,15 @@ impl Router {
                 data: Some(data),
                 headers,
                 id: Some(id.to_owned()),
+                key,
             }]),
             Err(problem) => {
-                let (ns, key) = match self.payload {
-                    Payload::Normalized => (data["ns"].clone(), data["key"].clone()),
-                    Payload::Raw => (data["ns"].clone(), data["documentKey"].clone()),
-                };
-                tracing::warn!(source = %self.connector, %problem, key = %key, "poison change event");
+                let ns = data["ns"].clone();
+                let key_text = key.as_ref().map_or_else(|| "null".into(), Value::to_string);
+                tracing::warn!(source = %self.connector, %problem, key = %key_text, "poison change event");
                 match self.on_poison {
                     OnPoison::Stop => Err(SourceError::Fatal {
-                        what: format!("connector {}: the {op} of document {key} in {ns} cannot be routed: {problem} (position {position})", self.connector),
+                        what: format!("connector {}: the {op} of document {key_text} in {ns} cannot be routed: {problem} (position {position})", self.connector),
                         fix: format!("fix the document or the routing (`connectors.{}.channel` or the pipeline's `_channel`), or set `connectors.{}.on_poison = \"dead_letter\"` to set such events aside", self.connector, self.connector),
                     }),
                     OnPoison::DeadLetter => Ok(vec![Publish {
@@ -420,6 +424,7 @@ impl Router {
                         })),
                         headers: None,
                         id: Some(format!("{id}:dead")),
+                        key,
                     }]),
                 }
             }

@@ -200,6 +200,7 @@ pub fn change(
         data: Some(data),
         headers: None,
         id: Some(id),
+        key: None,
     })
 }
 

@@ -76,6 +76,7 @@ pub fn row(cols: &OutboxColumns, tuple: &Tuple, id: String) -> Result<OutboxRow,
         data: json("data", cols.data)?,
         headers: json("headers", cols.headers)?,
         id: Some(text(cols.message_id)?.map(str::to_owned).unwrap_or(id)),
+        key: None,
     };
     Ok(OutboxRow { row_id, publish })
 }
@@ -104,6 +105,7 @@ pub fn emitted(content: &[u8], id: String) -> Result<Publish, Poison> {
         data: e.data,
         headers: e.headers,
         id: Some(e.message_id.unwrap_or(id)),
+        key: None,
     })
 }
 

@@ -227,6 +227,7 @@ impl PostgresSource {
                 })),
                 headers: None,
                 id: Some(id),
+                key: None,
             }),
         }
     }
@@ -358,6 +359,7 @@ impl PostgresSource {
                             })),
                             headers: None,
                             id: Some(id.clone()),
+                            key: None,
                         };
                         self.push(Ok(p), at, id)?;
                     }
