@@ -8,10 +8,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message};
-use futures_util::stream::{FuturesUnordered, SplitSink};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tidings_protocol::{
     ClientFrame, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
@@ -47,93 +48,128 @@ enum End {
 type PublishDone = (Option<String>, ChannelName, Result<Vec<Appended>, ApiError>);
 
 /// Run a session on an upgraded socket until it ends.
-pub async fn run<S>(socket: S, state: AppState, principal: Principal, permit: Permit)
+///
+/// Every idle connection holds this future, so it is kept small (about a kilobyte, pinned by a
+/// test): one timer serves heartbeats, pings and token expiry; the set of in-flight publishes
+/// exists only while there are some; and the rarely taken paths (client frames, acks, the
+/// close) run as boxed futures instead of reserving their room in every session. The session
+/// is built before the `async` block and used in place there: an `async fn` would keep its
+/// arguments and the session built from them side by side.
+pub fn run<S>(
+    socket: S,
+    state: AppState,
+    principal: Principal,
+    permit: Permit,
+) -> impl Future<Output = ()> + Send
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
+        + Unpin
         + Send
         + 'static,
 {
-    let _connection = state.metrics.connection(Transport::websocket);
-    let _permit = permit;
-    let (sink, mut incoming) = socket.split();
+    let connection = state.metrics.connection(Transport::websocket);
+    let now = tokio::time::Instant::now();
+    let timers = Timers {
+        heartbeat_every: state.config.session.heartbeat_interval,
+        ping_every: state.config.session.ping_interval,
+        next_heartbeat: now + state.config.session.heartbeat_interval,
+        next_ping: now + state.config.session.ping_interval,
+        expiry: expiry_instant(&principal),
+        renewed: false,
+    };
+    let rate = RateLimit::new(state.config.limits.publish_rate);
     let mut s = Session {
         out: Out {
-            sink,
+            socket,
             timeout: state.config.session.send_timeout,
             last_write: Instant::now(),
         },
-        state: state.clone(),
-        principal,
         subscription: Subscription::new(state.log.clone(), state.hub.clone()),
-        inflight: FuturesUnordered::new(),
-        rate: RateLimit::new(state.config.limits.publish_rate),
+        state,
+        principal,
+        inflight: None,
+        rate,
         last_heard: Instant::now(),
-        renewed: None,
+        timers,
     };
-    let hello = ServerFrame::Connected {
-        connection_id: format!("{:016x}", rand::random::<u64>()),
-        protocol: PROTOCOL_VERSION,
-        max_message_bytes: state.config.limits.max_message_bytes,
-        heartbeat_ms: state.config.session.heartbeat_interval.as_millis() as u64,
-    };
-    let max_inflight = state.config.limits.max_inflight_publishes;
-    let heartbeat_every = state.config.session.heartbeat_interval;
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + heartbeat_every,
-        heartbeat_every,
-    );
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ping_every = state.config.session.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let idle_timeout = state.config.session.idle_timeout;
-    let mut expiry = Box::pin(tokio::time::sleep_until(expiry_instant(&s.principal)));
-
-    let end = match s.out.frame(&hello).await {
-        Err(end) => end,
-        Ok(()) => loop {
-            let step = tokio::select! {
-                biased;
-                // Shutdown first: nothing else matters once the server is going away.
-                _ = state.shutdown.cancelled() => Err(End::Shutdown),
-                // An expired token ends the session before anything else is delivered under it.
-                _ = &mut expiry => Err(End::TokenExpired),
-                // Then acks: they unblock the client's publishers.
-                Some(done) = s.inflight.next(), if !s.inflight.is_empty() => s.on_published(done).await,
-                // Then client frames (paused while too many publishes are in flight: back-pressure).
-                frame = incoming.next(), if s.inflight.len() < max_inflight => match frame {
-                    None => Err(End::Client),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "websocket read failed");
-                        Err(if is_too_big(&e) { End::Protocol } else { End::Client })
-                    }
-                    Some(Ok(msg)) => {
-                        s.last_heard = Instant::now();
-                        let step = s.on_client(msg).await;
-                        if let Some(renewed) = s.renewed.take() {
-                            expiry.as_mut().reset(renewed);
-                        }
+    let mut timer = Box::pin(tokio::time::sleep_until(s.timers.next()));
+    async move {
+        let _connection = connection;
+        let _permit = permit;
+        let end = match Box::pin(s.hello()).await {
+            Err(end) => end,
+            Ok(()) => loop {
+                let max_inflight = s.state.config.limits.max_inflight_publishes;
+                let step = tokio::select! {
+                    biased;
+                    // Shutdown first: nothing else matters once the server is going away.
+                    _ = s.state.shutdown.cancelled() => Err(End::Shutdown),
+                    // Timers next: an expired token ends the session before anything else is
+                    // delivered under it.
+                    _ = timer.as_mut() => {
+                        let step = Box::pin(s.on_timer()).await;
+                        timer.as_mut().reset(s.timers.next());
                         step
                     }
-                },
-                // Then deliveries (catch-up pages or live batches), each sharing one flush.
-                event = s.subscription.next(LIVE_BATCH) => s.deliver(event).await,
-                _ = heartbeat.tick() => s.on_heartbeat(heartbeat_every).await,
-                _ = ping.tick() => {
-                    if s.last_heard.elapsed() > idle_timeout {
-                        Err(End::Idle)
-                    } else {
-                        s.out.send_ping().await
-                    }
+                    // Then acks: they unblock the client's publishers.
+                    Some(done) = next_published(&mut s.inflight) => Box::pin(s.on_published(done)).await,
+                    // Then client frames (paused while too many publishes are in flight: back-pressure).
+                    frame = s.out.socket.next(), if s.inflight_len() < max_inflight => match frame {
+                        None => Err(End::Client),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            Err(if is_too_big(&e) { End::Protocol } else { End::Client })
+                        }
+                        Some(Ok(msg)) => {
+                            s.last_heard = Instant::now();
+                            let step = Box::pin(s.on_client(msg)).await;
+                            if s.timers.renewed {
+                                s.timers.renewed = false;
+                                timer.as_mut().reset(s.timers.next());
+                            }
+                            step
+                        }
+                    },
+                    // Then deliveries (catch-up pages or live batches), each sharing one flush.
+                    event = s.subscription.next(LIVE_BATCH) => s.deliver(event).await,
+                };
+                if let Err(end) = step {
+                    break end;
                 }
-            };
-            if let Err(end) = step {
-                break end;
-            }
-        },
-    };
-    s.finish(end, incoming).await;
+            },
+        };
+        Box::pin(s.finish(end)).await;
+    }
+}
+
+/// The next acknowledged publish, or never while none are in flight.
+fn next_published(
+    inflight: &mut Option<Inflight>,
+) -> impl Future<Output = Option<PublishDone>> + '_ {
+    std::future::poll_fn(move |cx| match inflight {
+        Some(set) if !set.is_empty() => set.poll_next_unpin(cx),
+        _ => Poll::Pending,
+    })
+}
+
+type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = PublishDone> + Send>>>;
+
+/// Heartbeats, pings and token expiry, served by one timer per session.
+struct Timers {
+    heartbeat_every: Duration,
+    ping_every: Duration,
+    next_heartbeat: tokio::time::Instant,
+    next_ping: tokio::time::Instant,
+    expiry: tokio::time::Instant,
+    /// Set when an `auth` frame moved the expiry.
+    renewed: bool,
+}
+
+impl Timers {
+    fn next(&self) -> tokio::time::Instant {
+        self.next_heartbeat.min(self.next_ping).min(self.expiry)
+    }
 }
 
 /// When the principal's token expires, as a timer instant (far future for API keys).
@@ -153,45 +189,96 @@ fn is_too_big(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
+/// Poll once with a waker that does nothing: `None` when the operation would wait (the caller
+/// then waits on it properly, which registers the real waker).
+fn poll_once<T>(mut f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Option<T> {
+    match f(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+async fn timed(
+    limit: Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Client),
+        Err(_) => Err(End::SlowConsumer),
+    }
+}
+
+/// The socket, written with a time limit: a client that cannot drain its socket within the
+/// send timeout is a slow consumer.
 struct Out<S> {
-    sink: SplitSink<S, Message>,
+    socket: S,
     timeout: Duration,
     last_write: Instant,
 }
 
 impl<S> Out<S>
 where
-    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>>,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    /// Queue one message; may write to the socket when the buffer fills.
-    async fn feed(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(self.timeout, self.sink.feed(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Client),
-            Err(_) => Err(End::SlowConsumer),
+    /// Write messages and flush once; each write (a full buffer going out) and the flush must
+    /// finish within the send timeout.
+    ///
+    /// Most of the time the socket takes everything at once: that path polls the socket
+    /// directly, with no timer and no room reserved in the session's future; only a socket that
+    /// makes us wait goes on in [`Out::send_rest`], boxed.
+    async fn send_all(&mut self, msgs: impl IntoIterator<Item = Message>) -> Result<(), End> {
+        let mut msgs = msgs.into_iter();
+        let mut waiting = None;
+        for msg in msgs.by_ref() {
+            match self.try_ready() {
+                Some(Ok(())) => {
+                    if self.socket.start_send_unpin(msg).is_err() {
+                        return Err(End::Client);
+                    }
+                }
+                Some(Err(_)) => return Err(End::Client),
+                None => {
+                    waiting = Some(msg);
+                    break;
+                }
+            }
         }
+        if waiting.is_none() {
+            match poll_once(|cx| self.socket.poll_flush_unpin(cx)) {
+                Some(Ok(())) => {
+                    self.last_write = Instant::now();
+                    return Ok(());
+                }
+                Some(Err(_)) => return Err(End::Client),
+                None => {}
+            }
+        }
+        let rest: Vec<Message> = waiting.into_iter().chain(msgs).collect();
+        Box::pin(self.send_rest(rest)).await
     }
 
-    async fn flush(&mut self) -> Result<(), End> {
-        match tokio::time::timeout(self.timeout, self.sink.flush()).await {
-            Ok(Ok(())) => {
-                self.last_write = Instant::now();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(End::Client),
-            Err(_) => Err(End::SlowConsumer),
+    /// Whether the socket takes a message now, without waiting.
+    fn try_ready(&mut self) -> Option<Result<(), axum::Error>> {
+        poll_once(|cx| self.socket.poll_ready_unpin(cx))
+    }
+
+    async fn send_rest(&mut self, msgs: Vec<Message>) -> Result<(), End> {
+        for msg in msgs {
+            timed(self.timeout, self.socket.feed(msg)).await?;
         }
+        timed(self.timeout, self.socket.flush()).await?;
+        self.last_write = Instant::now();
+        Ok(())
     }
 
     async fn send_ping(&mut self) -> Result<(), End> {
-        self.feed(Message::Ping(Default::default())).await?;
-        self.flush().await
+        self.send_all([Message::Ping(Default::default())]).await
     }
 
     async fn frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = serde_json::to_string(frame).expect("server frames always encode");
-        self.feed(Message::Text(text.into())).await?;
-        self.flush().await
+        self.send_all([Message::Text(text.into())]).await
     }
 }
 
@@ -203,15 +290,52 @@ struct Session<S> {
     rate: RateLimit,
     /// When the client last sent anything (frames, pongs).
     last_heard: Instant,
-    /// Set when an `auth` frame replaced the token: the new expiry.
-    renewed: Option<tokio::time::Instant>,
-    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = PublishDone> + Send>>>,
+    timers: Timers,
+    /// Publishes waiting for their append; created by the first publish.
+    inflight: Option<Inflight>,
 }
 
 impl<S> Session<S>
 where
-    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>>,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
+    async fn hello(&mut self) -> Result<(), End> {
+        let hello = ServerFrame::Connected {
+            connection_id: format!("{:016x}", rand::random::<u64>()),
+            protocol: PROTOCOL_VERSION,
+            max_message_bytes: self.state.config.limits.max_message_bytes,
+            heartbeat_ms: self.timers.heartbeat_every.as_millis() as u64,
+        };
+        self.out.frame(&hello).await
+    }
+
+    fn inflight_len(&self) -> usize {
+        self.inflight.as_ref().map_or(0, |set| set.len())
+    }
+
+    /// Whatever is due: token expiry, the idle check with its ping, a heartbeat.
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        if self.timers.expiry <= now {
+            return Err(End::TokenExpired);
+        }
+        if self.timers.next_ping <= now {
+            self.timers.next_ping = now + self.timers.ping_every;
+            if self.last_heard.elapsed() > self.state.config.session.idle_timeout {
+                return Err(End::Idle);
+            }
+            self.out.send_ping().await?;
+        }
+        if self.timers.next_heartbeat <= now {
+            let every = self.timers.heartbeat_every;
+            self.timers.next_heartbeat = now + every;
+            if self.out.last_write.elapsed() + Duration::from_millis(50) >= every {
+                self.out.frame(&ServerFrame::Heartbeat {}).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn error(&mut self, e: ApiError, reference: Option<String>) -> Result<(), End> {
         self.state.metrics.error(e.code);
         self.out.frame(&ServerFrame::Error(e.body(reference))).await
@@ -286,7 +410,8 @@ where
                         let log = self.state.log.clone();
                         let metrics = self.state.metrics.clone();
                         let channel = m.channel.clone();
-                        self.inflight.push(Box::pin(async move {
+                        let set = self.inflight.get_or_insert_with(FuturesUnordered::new);
+                        set.push(Box::pin(async move {
                             let result = publish::append(&log, &metrics, vec![m]).await;
                             (reference, channel, result)
                         }));
@@ -327,7 +452,8 @@ where
             return self.error(e, reference).await;
         }
         self.principal = principal;
-        self.renewed = Some(expiry_instant(&self.principal));
+        self.timers.expiry = expiry_instant(&self.principal);
+        self.timers.renewed = true;
         let lost: Vec<ChannelName> = self
             .subscription
             .positions()
@@ -459,25 +585,17 @@ where
         match event {
             Event::Messages(batch) => {
                 let n = batch.len() as u64;
-                for d in batch {
-                    self.out.feed(Message::Text(d.frame)).await?;
-                }
-                self.out.flush().await?;
+                self.out
+                    .send_all(batch.into_iter().map(|d| Message::Text(d.frame)))
+                    .await?;
                 self.state.metrics.messages_delivered.inc_by(n);
                 Ok(())
             }
-            Event::Failed(e) => self.error(e, None).await,
+            Event::Failed(e) => Box::pin(self.error(e, None)).await,
         }
     }
 
-    async fn on_heartbeat(&mut self, every: Duration) -> Result<(), End> {
-        if self.out.last_write.elapsed() + Duration::from_millis(50) >= every {
-            self.out.frame(&ServerFrame::Heartbeat {}).await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self, end: End, mut incoming: futures_util::stream::SplitStream<S>) {
+    async fn finish(mut self, end: End) {
         let (reason, close) = match end {
             End::Client => (CloseReason::client, None),
             End::Idle => (
@@ -529,8 +647,8 @@ where
             // The closing handshake: send our Close, then read until the client's Close (or the
             // grace runs out), so the client sees the code instead of a reset connection.
             let _ = tokio::time::timeout(grace, async {
-                if self.out.sink.send(frame).await.is_ok() {
-                    while let Some(Ok(msg)) = incoming.next().await {
+                if self.out.socket.send(frame).await.is_ok() {
+                    while let Some(Ok(msg)) = self.out.socket.next().await {
                         if matches!(msg, Message::Close(_)) {
                             break;
                         }
@@ -539,5 +657,28 @@ where
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::ws::WebSocket;
+
+    /// The size of the future a closure returns, without running it.
+    fn future_size<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle WebSocket connection holds one session future (10,000 connections: 10,000 of
+    /// them), so its size is memory per connection: keep it small.
+    #[test]
+    fn an_idle_session_future_stays_small() {
+        let size =
+            future_size(|a: WebSocket, b: AppState, c: Principal, d: Permit| run(a, b, c, d));
+        assert!(
+            size <= 1400,
+            "the session future grew to {size} B (limit 1400 B): run rarely taken paths as boxed futures (see `session::run`)"
+        );
     }
 }
