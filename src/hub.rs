@@ -1,16 +1,18 @@
 //! Live fan-out of what the log just appended.
 //!
-//! Per channel with subscribers, a bounded broadcast ring of [`Live`] messages. Each message is
-//! encoded into its wire frame once, in the log's writer right after the commit, and shared by
-//! every connection (`Utf8Bytes` is reference-counted). Publishing never waits for subscribers:
-//! a subscriber that falls more than the ring's capacity behind gets `Lagged` and catches up
-//! from the log, so slow consumers hurt only themselves.
+//! Per channel with subscribers, a small broadcast ring of [`Live`] messages that wakes the
+//! subscribers. Each message is encoded into its wire frame once, in the log's writer right
+//! after the commit, and shared by every connection (`Utf8Bytes` is reference-counted).
+//! Publishing never waits for subscribers, so slow consumers hurt only themselves.
 //!
-//! Beside the ring, each channel keeps its most recent messages (the same shared frames, so
-//! only a pointer each): a client resuming a little behind the head, which is what every
-//! long-poll request and most reconnects are, catches up from memory instead of the log. A
-//! channel stays in the hub for [`IDLE_GRACE`] after its last subscriber leaves, so the gap
-//! between two polls, or a reconnect, does not lose it.
+//! Beside the ring, each channel keeps its most recent messages (up to `capacity`, the same
+//! shared frames, so only a pointer each, and only as many as were published): a client a
+//! little behind the head, which is what every long-poll request, most reconnects and a
+//! subscriber that overran the ring are, catches up from memory; only one further behind reads
+//! the log. The ring itself is allocated in full for every channel, so it stays at
+//! [`RING_SLOTS`]: 10,000 channels cost a few megabytes, not half a gigabyte. A channel stays in
+//! the hub for [`IDLE_GRACE`] after its last subscriber leaves, so the gap between two polls, or
+//! a reconnect, does not lose it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -40,6 +42,10 @@ pub struct Live {
     /// subscribers must be told continuity was lost.
     pub reset: Option<Arc<str>>,
 }
+
+/// Slots of each channel's broadcast ring (at most `capacity`). A subscriber further behind
+/// than this catches up from the channel's recent messages, which hold `capacity`.
+pub const RING_SLOTS: usize = 128;
 
 /// How long a channel without subscribers keeps its ring and recent messages.
 pub const IDLE_GRACE: Duration = Duration::from_secs(30);
@@ -92,7 +98,7 @@ impl Hub {
         let c = channels.entry(channel.as_arc().clone()).or_insert_with(|| {
             self.metrics.channels_active.inc();
             Arc::new(Channel {
-                tx: broadcast::channel(self.capacity).0,
+                tx: broadcast::channel(self.capacity.min(RING_SLOTS)).0,
                 recent: Mutex::new(VecDeque::new()),
                 idle_since: Mutex::new(None),
             })
@@ -130,6 +136,11 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Forget the channels nobody has subscribed to for `grace`; returns how many.

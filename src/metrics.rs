@@ -85,6 +85,10 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// Time from a publish request's arrival to its durable acknowledgement.
     pub publish_duration: Histogram,
+    /// Subscribers behind the head served from the hub's recent messages.
+    pub catch_up_from_memory: Counter,
+    /// Catch-up pages read from the log (subscribers further behind than memory holds).
+    pub catch_up_log_pages: Counter,
     sessions_closed: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
 }
@@ -130,6 +134,18 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             publish_duration.clone(),
         );
+        let catch_up_from_memory = Counter::default();
+        registry.register(
+            "catch_up_from_memory",
+            "Subscribers behind the head (resuming, polling, or overrunning the live ring) served from the hub's recent messages",
+            catch_up_from_memory.clone(),
+        );
+        let catch_up_log_pages = Counter::default();
+        registry.register(
+            "catch_up_log_pages",
+            "Catch-up pages read from the log, for subscribers further behind than the recent messages held in memory",
+            catch_up_log_pages.clone(),
+        );
         let sessions_closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "sessions_closed",
@@ -161,6 +177,8 @@ impl Metrics {
             messages_appended,
             messages_delivered,
             publish_duration,
+            catch_up_from_memory,
+            catch_up_log_pages,
             sessions_closed,
             errors,
         }

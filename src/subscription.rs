@@ -157,6 +157,7 @@ impl Subscription {
                 .filter(|_| self.log.state(channel).epoch == state.epoch);
             match recent {
                 Some(lives) => {
+                    self.hub.metrics().catch_up_from_memory.inc();
                     for live in lives {
                         self.ready.push_back(Delivery {
                             channel: channel.clone(),
@@ -290,10 +291,35 @@ impl Subscription {
                     frame: live.frame.clone(),
                 });
             }
-            // A predecessor was not delivered (or the ring overflowed): the log has it.
+            // A predecessor was not delivered (or the ring overflowed): the hub's recent
+            // messages have it when it is not far behind, else the log.
             _ => {
-                if !self.behind.contains(&key) {
-                    self.behind.push_back(key);
+                if self.behind.contains(&key) {
+                    return;
+                }
+                let (channel, after, epoch) = (att.channel.clone(), att.last, att.epoch.clone());
+                // Recent messages first, then the epoch: the log moves to a new epoch before
+                // the hub forgets the old one's messages, so an unchanged epoch means what was
+                // read belongs to this history.
+                let recent = self
+                    .hub
+                    .recent_after(&channel, after)
+                    .filter(|_| self.log.state(&channel).epoch == epoch);
+                match recent {
+                    Some(lives) => {
+                        self.hub.metrics().catch_up_from_memory.inc();
+                        let att = self.attachments.get_mut(&key).expect("attached");
+                        for live in lives {
+                            att.last = live.serial;
+                            out.push(Delivery {
+                                channel: att.channel.clone(),
+                                serial: live.serial,
+                                kind: Kind::Message,
+                                frame: live.frame.clone(),
+                            });
+                        }
+                    }
+                    None => self.behind.push_back(key),
                 }
             }
         }
@@ -306,6 +332,7 @@ impl Subscription {
             return Ok(None);
         };
         let (channel, after) = (att.channel.clone(), att.last);
+        self.hub.metrics().catch_up_log_pages.inc();
         let page = match self.log.read(&channel, after, CATCH_UP_PAGE).await {
             Ok(page) => page,
             Err(e) => {

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{history, publish, serials, Client, TestServer, KEY};
+use common::{history, metric, publish, serials, Client, TestServer, KEY};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,6 +279,36 @@ async fn subscriber_that_overflows_the_live_ring_catches_up_from_the_log() {
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f["data"], i as u64);
     }
+    let log = metric(&http, &t.http(), "tidings_catch_up_log_pages_total").await;
+    assert!(
+        log >= 1.0,
+        "past the recent messages, the log ({log} pages)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_that_overruns_the_ring_catches_up_from_memory_not_the_log() {
+    // The broadcast ring holds 128 messages, the recent messages 1,024 (the default): a batch
+    // of 1,000 appended at once overruns the ring before the subscriber runs, and every message
+    // comes from memory, in order, without one read of the log.
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let mut c = Client::connect(&t.ws_url(), Some(KEY)).await;
+    c.attach("overrun", json!({})).await;
+    let batch: Vec<_> = (0..1000).map(|i| json!({"data": i})).collect();
+    publish(&http, &t.http(), "overrun", json!(batch)).await;
+    let frames = c.messages(1000).await;
+    assert_eq!(serials(&frames), (1..=1000).collect::<Vec<_>>());
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f["data"], i as u64);
+    }
+    let memory = metric(&http, &t.http(), "tidings_catch_up_from_memory_total").await;
+    let log = metric(&http, &t.http(), "tidings_catch_up_log_pages_total").await;
+    assert!(
+        memory >= 1.0,
+        "the overrun was served from memory ({memory})"
+    );
+    assert_eq!(log, 0.0, "and never from the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
