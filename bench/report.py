@@ -23,7 +23,13 @@ import sys
 import time
 
 SYSTEMS = ["tidings", "node-redis", "nats"]
-SYSTEM_LABEL = {"tidings": "Tidings", "node-redis": "Node + Redis", "nats": "NATS"}
+SYSTEM_LABEL = {
+    "tidings": "Tidings",
+    "node-redis": "Node + Redis",
+    "nats": "NATS",
+    "pg_recvlogical": "pg_recvlogical",
+    "polling-relay": "polling relay",
+}
 COLOR = {"tidings": "#d62728", "node-redis": "#2ca02c", "nats": "#1f77b4"}
 OTHER_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -98,6 +104,20 @@ SHOWN = {
         ("connects_per_s", "connects per second", "conn/s", "higher"),
         ("closed_early", "connections closed during the wait", "", None),
     ],
+    "postgres-throughput": [
+        ("rows_per_s", "outbox rows per second, first row out to last", "rows/s", "higher"),
+        ("rows", "rows", "", None),
+    ],
+    "postgres-latency": [
+        ("rate_achieved", "insert rate achieved", "rows/s", None),
+        ("latency_p50_ms", "commit-to-client latency p50", "ms", "lower"),
+        ("latency_p90_ms", "latency p90", "ms", "lower"),
+        ("latency_p99_ms", "latency p99", "ms", "lower"),
+        ("latency_p999_ms", "latency p99.9", "ms", "lower"),
+        ("latency_max_ms", "latency max", "ms", "lower"),
+        ("received", "rows received", "", None),
+        ("missing", "rows missing", "", None),
+    ],
     "catchup": [
         ("replay_msgs_per_s", "messages replayed per second", "msg/s", "higher"),
         ("replay_secs", "time to receive all", "s", "lower"),
@@ -145,6 +165,20 @@ DESCRIPTION = {
     "heartbeat interval, as its idle timeout requires; NATS' answer the server's PINGs); with "
     "`--attach` each is subscribed to one shared channel. The server's resident memory (Node + "
     "Redis: both processes) before opening them and 5 s after all are open.",
+    "postgres-throughput": "The Postgres outbox on one throwaway cluster (`fsync = off`, so the "
+    "figures are the relay path, not the disk; Tidings' own log syncs as in production): the rows "
+    "are committed first (transactions of 100 outbox rows) while nothing reads, then each system "
+    "drains them alone from the same WAL, timed from the first row out to the last. Tidings: its "
+    "Postgres connector (streaming logical replication, pgoutput), every row durable in its log. "
+    "pg_recvlogical: Postgres's own client decoding the same publication from a slot of its own, "
+    "doing nothing with the rows (the floor). Polling relay: `LISTEN`/`NOTIFY` plus `SELECT ... "
+    "WHERE id > $last ORDER BY id LIMIT 1000`, each page published over REST to a Tidings server "
+    "of its own, the way most outbox relays work.",
+    "postgres-latency": "The same three readers run together while 4 connections insert "
+    "single-row autocommit outbox transactions at a fixed rate; each row carries the instant "
+    "its INSERT was sent, and the figure is the time until the reader has it (Tidings and the "
+    "relay: a WebSocket client subscribed to the channel; pg_recvlogical: the decoded row in its "
+    "output).",
     "catchup": "A fresh channel filled with M messages over REST, then one WebSocket client "
     "attaches `from` the epoch at serial 0 and receives all of them.",
 }
@@ -619,8 +653,26 @@ def goals(d, md, rows):
         lo = min(peers.values())
         lines.append(f"| Idle memory per connection below every peer's (`{name}`) "
                      f"| Tidings {fmt(t)} KiB; {others} | {fmt_ratio(ratio(t, lo))} of the lowest peer | {verdict} |")
+    # The Postgres connector's goals (issue 4), from the postgres scenarios.
+    t = d.median("postgres-throughput", "tidings", "rows_per_s")
+    floor = d.median("postgres-throughput", "pg_recvlogical", "rows_per_s")
+    if t is not None:
+        lines.append(f"| Postgres outbox: ≥ 50,000 rows/s (issue 4) | Tidings {fmt(t)} rows/s "
+                     f"| — | {'met' if t >= 50000 else 'not met'} |")
+    if t is not None and floor:
+        r = t / floor
+        lines.append(f"| Postgres outbox: ≥ 70 % of pg_recvlogical's rate (issue 4) "
+                     f"| Tidings {fmt(t)} rows/s; pg_recvlogical {fmt(floor)} rows/s "
+                     f"| {r:.2f}× | {'met' if r >= 0.7 else 'not met'} |")
+    p50 = d.median("postgres-latency-1000", "tidings", "latency_p50_ms")
+    if p50 is not None:
+        relay = d.median("postgres-latency-1000", "polling-relay", "latency_p50_ms")
+        beside = f"; polling relay {fmt(relay)} ms" if relay is not None else ""
+        lines.append(f"| Postgres outbox: commit-to-client p50 ≤ 5 ms at 1,000 rows/s (issue 4) "
+                     f"| Tidings {fmt(p50)} ms{beside} | {fmt_ratio(ratio(p50, relay))} of the relay "
+                     f"| {'met' if p50 <= 5 else 'not met'} |")
     if lines:
-        md.append("## Goals (issue 7)\n")
+        md.append("## Goals (issues 7 and 4)\n")
         md.append("Computed from the figures below. For fan-out, each system's figure is its step of "
                   "the 10k series with the most delivered msg/s *within limits*: no problem reported, "
                   "p99 at most 1 s, at least 90 % of the offered deliveries made (a system past its "
