@@ -102,6 +102,7 @@ fn options(name: &str) -> SourceOptions {
         name: name.into(),
         poison: PoisonPolicy::DeadLetter(ChannelName::parse(&format!("dead:{name}")).unwrap()),
         max_message_bytes: 64 * 1024,
+        status: Default::default(),
     }
 }
 

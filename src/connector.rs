@@ -13,7 +13,7 @@ use tidings_connectors_core::Source;
 
 use crate::channel::ChannelName;
 use crate::config::{Config, ConfigError};
-use crate::source::{PoisonPolicy, SourceOptions};
+use crate::source::{PoisonPolicy, SourceOptions, SourceStatus};
 
 /// Name `tidings serve --postgres URL` gives its connector.
 pub const DEFAULT_POSTGRES_NAME: &str = "postgres";
@@ -148,28 +148,46 @@ fn postgres_control_channel(
     )
 }
 
-/// What `GET /v1/connectors` reports per connector, registered when connectors are built.
-/// Process-wide (connectors are built before the server exists): one server per process.
-static STATUS: std::sync::LazyLock<
-    parking_lot::Mutex<
-        BTreeMap<String, std::sync::Arc<tidings_connector_postgres::lag::SlotStatus>>,
-    >,
-> = std::sync::LazyLock::new(Default::default);
+/// What `GET /v1/connectors` reports about one connector.
+struct Registered {
+    /// The configured `type`.
+    kind: &'static str,
+    /// Kept by the runner ([`crate::source::run`]).
+    run: std::sync::Arc<SourceStatus>,
+    /// Postgres: the slot's latest lag reading.
+    slot: Option<std::sync::Arc<tidings_connector_postgres::lag::SlotStatus>>,
+}
 
-/// The status of every Postgres connector built in this process: its slot and the slot's
-/// latest lag reading (`null` until the first, or while the slot cannot be read).
+/// Every connector built in this process, by name, registered when connectors are built.
+/// Process-wide (connectors are built before the server exists): one server per process; a
+/// connector built again under the same name replaces the earlier one.
+static STATUS: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<String, Registered>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The status of every connector built in this process: its state (`starting`, `running`,
+/// `retrying` with the attempt, `stopped` with the reason), last error, last checkpoint and
+/// counters, and for Postgres the slot's latest lag reading (`null` until the first, or while
+/// the slot cannot be read). docs/operations.md describes each field.
 pub fn status() -> serde_json::Value {
     let connectors: Vec<serde_json::Value> = STATUS
         .lock()
         .iter()
-        .map(|(name, slot)| {
-            let lag = slot.get();
-            serde_json::json!({
-                "name": name,
-                "type": "postgres",
-                "slot_lag_bytes": lag.map(|l| l.lag_bytes),
-                "retained_wal_bytes": lag.map(|l| l.retained_bytes),
-            })
+        .map(|(name, c)| {
+            let mut v = serde_json::json!({ "name": name, "type": c.kind });
+            if let (Some(obj), Ok(serde_json::Value::Object(run))) =
+                (v.as_object_mut(), serde_json::to_value(c.run.report()))
+            {
+                obj.extend(run);
+                if let Some(slot) = &c.slot {
+                    let lag = slot.get();
+                    obj.insert("slot_lag_bytes".into(), lag.map(|l| l.lag_bytes).into());
+                    obj.insert(
+                        "retained_wal_bytes".into(),
+                        lag.map(|l| l.retained_bytes).into(),
+                    );
+                }
+            }
+            v
         })
         .collect();
     serde_json::json!({ "connectors": connectors })
@@ -183,6 +201,7 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
     validate(&config.connectors)?;
     let mut sources: Sources = Vec::new();
     for (name, connector) in &config.connectors {
+        let status = std::sync::Arc::new(SourceStatus::default());
         // Each connector yields its source and whether poison goes to its dead-letter channel.
         let (source, to_dead_letter, dlq): (Box<dyn Source>, bool, ChannelName) = match connector {
             ConnectorConfig::Postgres(pg) => {
@@ -199,7 +218,14 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                 source.observe_lag(std::sync::Arc::new(|connector, lag| {
                     crate::metrics::postgres_slot(connector, lag.lag_bytes, lag.retained_bytes)
                 }));
-                STATUS.lock().insert(name.clone(), source.status());
+                STATUS.lock().insert(
+                    name.clone(),
+                    Registered {
+                        kind: "postgres",
+                        run: status.clone(),
+                        slot: Some(source.status()),
+                    },
+                );
                 let source = ValidResets(source);
                 let to_dlq = matches!(
                     pg.on_poison,
@@ -213,6 +239,14 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                 let source =
                     MongoSource::new(name.clone(), mongo.clone(), dlq.as_str(), control.as_str())
                         .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
+                STATUS.lock().insert(
+                    name.clone(),
+                    Registered {
+                        kind: "mongodb",
+                        run: status.clone(),
+                        slot: None,
+                    },
+                );
                 let to_dlq = matches!(
                     mongo.on_poison,
                     tidings_connector_mongodb::OnPoison::DeadLetter
@@ -229,6 +263,7 @@ pub fn build(config: &Config) -> Result<Sources, ConfigError> {
                     PoisonPolicy::Stop
                 },
                 max_message_bytes: config.limits.max_message_bytes,
+                status,
             },
             source,
         ));

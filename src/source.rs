@@ -5,16 +5,20 @@
 //! the batch with the source's position as checkpoint in one atomic write, and only then tell
 //! the source the position is durable. Transient failures restart the source from the last
 //! durable checkpoint with backoff and jitter; fatal ones stop it with the operator's fix logged.
+//!
+//! Every transition (starting, running, retrying, stopped), error, checkpoint and count is
+//! recorded in the source's [`SourceStatus`], which `GET /v1/connectors` reports.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
 use serde_json::value::{to_raw_value, RawValue};
 use tidings_connectors_core::{Checkpoint, Publish, Source, SourceError, SourcePosition};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
-use crate::log::{ChannelLog, NewMessage};
+use crate::log::{Appended, ChannelLog, NewMessage};
 use crate::publish::MAX_ID_LEN;
 
 /// First retry delay after a transient failure.
@@ -38,6 +42,174 @@ pub struct SourceOptions {
     pub name: String,
     pub poison: PoisonPolicy,
     pub max_message_bytes: usize,
+    /// Where the runner records what the source is doing; shared with whoever reports it.
+    pub status: Arc<SourceStatus>,
+}
+
+/// What a source is doing now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// Reading its checkpoint and connecting, the first time.
+    Starting,
+    /// Started (connected, positioned at its checkpoint) and streaming.
+    Running,
+    /// Failed; restarting from the last durable checkpoint with backoff. `attempt` counts the
+    /// failures in a row since it last ran; the restart is due at `retry_at`.
+    Retrying { attempt: u32, retry_at: Timestamp },
+    /// Not running: shut down, or stopped by an error the operator must fix (`reason` says how).
+    Stopped { reason: String },
+}
+
+/// A wall-clock time, serialised as RFC 3339 in UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    fn now() -> Self {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+/// The last error a source hit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// The last checkpoint a source committed to the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastCheckpoint {
+    pub position: SourcePosition,
+    /// When this process committed it; `None` for the checkpoint stored before it started.
+    pub at: Option<Timestamp>,
+}
+
+/// A source's status at one moment: its state, last error, last checkpoint and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub state: RunState,
+    /// When it entered `state`.
+    pub since: Timestamp,
+    pub last_error: Option<LastError>,
+    pub checkpoint: Option<LastCheckpoint>,
+    /// Messages appended to their channels (replays the log dropped as duplicates not counted).
+    pub messages_published: u64,
+    /// Messages appended to the dead-letter channel.
+    pub messages_dead_lettered: u64,
+    /// Replayed messages the log already held (after a restart in the middle of a transaction).
+    pub duplicates_dropped: u64,
+    /// Errors, transient and fatal.
+    pub errors: u64,
+    /// Restarts after a failure that got the source running again.
+    pub reconnects: u64,
+}
+
+/// A source's live status, kept by [`run`]. Cheap to read at any time.
+#[derive(Debug)]
+pub struct SourceStatus(parking_lot::Mutex<StatusReport>);
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        SourceStatus(parking_lot::Mutex::new(StatusReport {
+            state: RunState::Starting,
+            since: Timestamp::now(),
+            last_error: None,
+            checkpoint: None,
+            messages_published: 0,
+            messages_dead_lettered: 0,
+            duplicates_dropped: 0,
+            errors: 0,
+            reconnects: 0,
+        }))
+    }
+}
+
+impl SourceStatus {
+    /// A copy of the status now.
+    pub fn report(&self) -> StatusReport {
+        self.0.lock().clone()
+    }
+
+    fn set_state(r: &mut StatusReport, state: RunState) {
+        r.state = state;
+        r.since = Timestamp::now();
+    }
+
+    /// The checkpoint read from the log at start, if nothing was committed since.
+    fn stored(&self, position: Option<&SourcePosition>) {
+        let mut r = self.0.lock();
+        if r.checkpoint.is_none() {
+            r.checkpoint = position.map(|p| LastCheckpoint {
+                position: p.clone(),
+                at: None,
+            });
+        }
+    }
+
+    fn running(&self) {
+        let mut r = self.0.lock();
+        if matches!(r.state, RunState::Retrying { .. }) {
+            r.reconnects += 1;
+        }
+        Self::set_state(&mut r, RunState::Running);
+    }
+
+    fn error(r: &mut StatusReport, e: &SourceError) {
+        r.errors += 1;
+        r.last_error = Some(LastError {
+            message: e.to_string(),
+            at: Timestamp::now(),
+        });
+    }
+
+    /// A transient failure; the restart is due after `delay`.
+    fn retrying(&self, e: &SourceError, delay: Duration) {
+        let mut r = self.0.lock();
+        Self::error(&mut r, e);
+        let attempt = match r.state {
+            RunState::Retrying { attempt, .. } => attempt.saturating_add(1),
+            _ => 1,
+        };
+        let retry_at = Timestamp(SystemTime::now() + delay);
+        Self::set_state(&mut r, RunState::Retrying { attempt, retry_at });
+    }
+
+    fn stopped(&self, e: Option<&SourceError>) {
+        let mut r = self.0.lock();
+        let reason = match e {
+            Some(e) => {
+                Self::error(&mut r, e);
+                e.to_string()
+            }
+            None => "shut down".to_owned(),
+        };
+        Self::set_state(&mut r, RunState::Stopped { reason });
+    }
+
+    /// A batch is durable: its checkpoint and what the log did with each message.
+    fn committed(&self, position: &SourcePosition, dead_letter: &[bool], appended: &[Appended]) {
+        let mut r = self.0.lock();
+        for (dead, a) in dead_letter.iter().zip(appended) {
+            match (a.duplicate, dead) {
+                (true, _) => r.duplicates_dropped += 1,
+                (false, true) => r.messages_dead_lettered += 1,
+                (false, false) => r.messages_published += 1,
+            }
+        }
+        r.checkpoint = Some(LastCheckpoint {
+            position: position.clone(),
+            at: Some(Timestamp::now()),
+        });
+    }
 }
 
 /// Why a change was refused.
@@ -147,17 +319,27 @@ pub async fn run(
     loop {
         let result = run_once(source.as_mut(), &opts, &log, &shutdown, &mut backoff).await;
         match result {
-            Ok(()) => return None,
-            Err(SourceError::Fatal { what, fix }) => {
-                tracing::error!(source = %opts.name, error = %what, fix = %fix, "source stopped");
-                return Some(SourceError::Fatal { what, fix });
+            Ok(()) => {
+                opts.status.stopped(None);
+                return None;
+            }
+            Err(e @ SourceError::Fatal { .. }) => {
+                opts.status.stopped(Some(&e));
+                if let SourceError::Fatal { what, fix } = &e {
+                    tracing::error!(source = %opts.name, error = %what, fix = %fix, "source stopped");
+                }
+                return Some(e);
             }
             Err(e) => {
                 let delay = jitter(backoff);
+                opts.status.retrying(&e, delay);
                 tracing::warn!(source = %opts.name, error = %e, retry_in = ?delay, "source failed; restarting from the last checkpoint");
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => {
+                        opts.status.stopped(None);
+                        return None;
+                    }
                     _ = tokio::time::sleep(delay) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -187,7 +369,9 @@ async fn run_once(
         .await
         .map_err(|e| transient("cannot read the checkpoint", e))?;
     tracing::info!(source = %opts.name, from = ?from, "source starting");
+    opts.status.stored(from.as_ref());
     source.start(from).await?;
+    opts.status.running();
     loop {
         // Shutdown first: stop intake; what is durable stays durable.
         let batch = tokio::select! {
@@ -209,15 +393,25 @@ async fn run_once(
                 .map_err(|e| transient("cannot reset channel epochs", e))?;
         }
         let messages = prepare(opts, batch.messages, &position)?;
-        log.append(
-            messages,
-            Some(Checkpoint {
-                source: opts.name.clone(),
-                position: position.clone(),
-            }),
-        )
-        .await
-        .map_err(|e| transient("cannot append to the log", e))?;
+        // Dead letters the connector made itself count too: whatever reaches that channel.
+        let dead_letter: Vec<bool> = match &opts.poison {
+            PoisonPolicy::DeadLetter(dlq) => messages
+                .iter()
+                .map(|m| m.channel == *dlq && m.name.as_deref() == Some("dead_letter"))
+                .collect(),
+            PoisonPolicy::Stop => vec![false; messages.len()],
+        };
+        let appended = log
+            .append(
+                messages,
+                Some(Checkpoint {
+                    source: opts.name.clone(),
+                    position: position.clone(),
+                }),
+            )
+            .await
+            .map_err(|e| transient("cannot append to the log", e))?;
+        opts.status.committed(&position, &dead_letter, &appended);
         source.committed(&position).await?;
         *backoff = BACKOFF_START;
     }
@@ -233,6 +427,7 @@ mod tests {
             name: "pg".into(),
             poison,
             max_message_bytes: 1024,
+            status: Default::default(),
         }
     }
 
@@ -276,6 +471,80 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("the limit is 1024"));
+    }
+
+    #[test]
+    fn status_follows_failures_recoveries_and_commits() {
+        let status = SourceStatus::default();
+        assert_eq!(status.report().state, RunState::Starting);
+        status.stored(Some(&SourcePosition::PostgresLsn(5)));
+        assert_eq!(
+            status.report().checkpoint.unwrap().at,
+            None,
+            "stored before this process"
+        );
+        status.running();
+        let fail = |what: &str| SourceError::Transient {
+            what: what.into(),
+            source: None,
+        };
+        status.retrying(&fail("connection refused"), Duration::from_secs(1));
+        status.retrying(&fail("still refused"), Duration::from_secs(2));
+        let r = status.report();
+        assert!(
+            matches!(r.state, RunState::Retrying { attempt: 2, .. }),
+            "{r:?}"
+        );
+        assert_eq!(r.last_error.as_ref().unwrap().message, "still refused");
+        assert_eq!((r.errors, r.reconnects), (2, 0));
+        status.running();
+        let appended = |duplicate| Appended {
+            serial: 1,
+            duplicate,
+        };
+        status.committed(
+            &SourcePosition::PostgresLsn(9),
+            &[false, true, false],
+            &[appended(false), appended(false), appended(true)],
+        );
+        let r = status.report();
+        assert_eq!(r.state, RunState::Running);
+        assert_eq!(r.reconnects, 1, "the restart that got it running again");
+        assert_eq!(
+            (
+                r.messages_published,
+                r.messages_dead_lettered,
+                r.duplicates_dropped
+            ),
+            (1, 1, 1)
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["checkpoint"]["position"]["value"], 9);
+        assert!(
+            json["checkpoint"]["at"].as_str().unwrap().ends_with('Z'),
+            "{json}"
+        );
+        assert_eq!(
+            json["last_error"]["message"], "still refused",
+            "kept after recovery"
+        );
+        // A failure after running starts counting attempts again.
+        status.retrying(&fail("again"), Duration::ZERO);
+        let json = serde_json::to_value(status.report()).unwrap();
+        assert_eq!(
+            (json["state"].as_str(), json["attempt"].as_u64()),
+            (Some("retrying"), Some(1))
+        );
+        assert!(json["retry_at"].is_string(), "{json}");
+        status.stopped(Some(&SourceError::Fatal {
+            what: "slot gone".into(),
+            fix: "recreate it".into(),
+        }));
+        let json = serde_json::to_value(status.report()).unwrap();
+        assert_eq!(json["state"], "stopped");
+        assert_eq!(json["reason"], "slot gone; to fix: recreate it");
+        assert_eq!(json["errors"], 4);
     }
 
     #[test]

@@ -905,19 +905,7 @@ async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
     let first = wait_for_lag(&t.http(), |_| true).await;
     assert!(first < 1 << 20, "caught up, yet {first} bytes behind");
     // The same reading in the connector's status.
-    let status: Value = reqwest::get(format!("{}/v1/connectors", t.http()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let me = status["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "lagged")
-        .cloned()
-        .unwrap_or_else(|| panic!("no status for the connector: {status}"));
+    let me = connector_status(&t.http(), "lagged").await;
     assert_eq!(me["type"], "postgres");
     assert!(me["slot_lag_bytes"].as_i64().is_some(), "{me}");
     assert!(me["retained_wal_bytes"].as_i64().is_some(), "{me}");
@@ -937,21 +925,11 @@ async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
     .await
     .unwrap();
     let behind = wait_for_lag(&t.http(), |lag| lag > 8_000_000).await;
-    let status: Value = reqwest::get(format!("{}/v1/connectors", t.http()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let held: Vec<i64> = status["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["name"] == "lagged")
-        .filter_map(|c| c["slot_lag_bytes"].as_i64())
-        .collect();
+    let status = connector_status(&t.http(), "lagged").await;
     assert!(
-        held.iter().any(|l| *l > 8_000_000),
+        status["slot_lag_bytes"]
+            .as_i64()
+            .is_some_and(|l| l > 8_000_000),
         "the status shows the lag too: {status}"
     );
     lock.rollback().await.unwrap();
@@ -1222,4 +1200,139 @@ async fn a_lone_transaction_reaches_the_log_without_waiting_for_the_next_one() {
     }
     t.server.shutdown();
     t.server.wait().await;
+}
+
+/// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
+async fn connector_status(base: &str, name: &str) -> Value {
+    let status: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/connectors"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for connector {name}: {status}"))
+}
+
+/// Poll connector `name`'s status until `ok` holds; returns it.
+async fn wait_for_status(base: &str, name: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let status = connector_status(base, name).await;
+        if ok(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connector {name} never reached the expected status; last {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /v1/connectors` needs an API key and tells an operator what a connector is doing:
+/// `running`; `retrying` with the attempt and the last error while Postgres is down; `running`
+/// again after it came back, with the reconnect counted and the checkpoint moving on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connector_status_shows_running_then_retrying_with_the_error_then_running_again() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start_named("watched", &pg, |_| {}).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/connectors", t.http());
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "no credentials");
+    let wrong = http
+        .get(&url)
+        .bearer_auth("test:wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "a wrong secret");
+    let token: Value = http
+        .post(format!("{}/v1/tokens", t.http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap();
+    let with_token = http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(with_token.status(), 401, "a client token is not an API key");
+
+    let running = wait_for_status(&t.http(), "watched", |s| s["state"] == "running").await;
+    assert_eq!(running["type"], "postgres");
+    assert!(
+        running["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{running}"
+    );
+    assert!(running["last_error"].is_null(), "{running}");
+    assert_eq!(
+        (running["errors"].as_u64(), running["reconnects"].as_u64()),
+        (Some(0), Some(0))
+    );
+    write_txns(&pg.url(), "watched:1", 0, 5, 2).await;
+    expect_messages(&t.http(), "watched:1", 10).await;
+    let before = wait_for_status(&t.http(), "watched", |s| {
+        s["messages_published"] == 10 && s["checkpoint"]["at"].is_string()
+    })
+    .await;
+    let position = |s: &Value| s["checkpoint"]["position"]["value"].as_u64().unwrap();
+    assert_eq!(before["checkpoint"]["position"]["kind"], "postgres_lsn");
+    assert!(before.get("slot_lag_bytes").is_some(), "{before}");
+
+    pg.stop();
+    let down = wait_for_status(&t.http(), "watched", |s| {
+        s["state"] == "retrying" && s["attempt"].as_u64() >= Some(2)
+    })
+    .await;
+    let error = &down["last_error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("connect")),
+        "the last error says what failed: {down}"
+    );
+    assert!(
+        error["at"].is_string() && down["retry_at"].is_string(),
+        "{down}"
+    );
+    assert!(down["errors"].as_u64() >= Some(2), "{down}");
+    assert_eq!(position(&down), position(&before), "the checkpoint stays");
+
+    pg.start_again();
+    let back = wait_for_status(&t.http(), "watched", |s| s["state"] == "running").await;
+    assert!(back["reconnects"].as_u64() >= Some(1), "{back}");
+    assert!(
+        back["last_error"]["message"].is_string(),
+        "the last error stays visible: {back}"
+    );
+    write_txns(&pg.url(), "watched:1", 5, 3, 2).await;
+    expect_messages(&t.http(), "watched:1", 16).await;
+    let after = wait_for_status(&t.http(), "watched", |s| s["messages_published"] == 16).await;
+    assert!(position(&after) > position(&before), "{after}");
+    t.server.shutdown();
+    t.server.wait().await;
+    let all = tidings::connector::status();
+    let stopped = all["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "watched")
+        .unwrap();
+    assert_eq!(
+        (stopped["state"].as_str(), stopped["reason"].as_str()),
+        (Some("stopped"), Some("shut down")),
+        "{stopped}"
+    );
 }

@@ -91,6 +91,7 @@ async fn batches_are_appended_with_checkpoints_and_resume_after_failure() {
             tidings::channel::ChannelName::parse("dead:feed").unwrap(),
         ),
         max_message_bytes: 65536,
+        status: Default::default(),
     };
     let mut watcher = Client::connect(&t.ws_url(), Some(KEY)).await;
     watcher.attach("feed:0", json!({})).await;

@@ -1,4 +1,4 @@
-//! REST routes: publish, history, health, metrics.
+//! REST routes: publish, history, tokens, health, metrics, connector status.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -198,10 +198,39 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/connectors`: each database connector's status (Postgres: slot lag), for operators
-/// beside `/metrics`.
-pub(super) async fn connectors() -> Response {
-    Json(crate::connector::status()).into_response()
+/// `GET /v1/connectors`: each database connector's state, last error, last checkpoint and
+/// counters (Postgres: slot lag too), for operators. Needs an API key: errors name hosts,
+/// users and tables, which the devices holding tokens have no business reading.
+pub(super) async fn connectors(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api_key(
+        &state,
+        &headers,
+        "connector status needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
+    )?;
+    Ok(Json(crate::connector::status()).into_response())
+}
+
+/// The API key in `Authorization: Bearer KEY_ID:SECRET`, for routes that tokens may not use;
+/// `missing` says what to send when there is none.
+fn api_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    missing: &str,
+) -> Result<crate::auth::ApiKey, ApiError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer)
+        .filter(|c| c.contains(':'))
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, missing))?;
+    Ok(state
+        .auth
+        .api_key(credential)
+        .map_err(super::auth_error)?
+        .clone())
 }
 
 /// Any other path.
@@ -223,22 +252,11 @@ pub(super) async fn issue_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let credential = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer)
-        .filter(|c| c.contains(':'))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "issuing tokens needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
-            )
-        })?;
-    let key = state
-        .auth
-        .api_key(credential)
-        .map_err(super::auth_error)?
-        .clone();
+    let key = api_key(
+        &state,
+        &headers,
+        "issuing tokens needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
+    )?;
     let body = body.map_err(|e| {
         ApiError::new(
             ErrorCode::MalformedFrame,

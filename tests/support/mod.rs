@@ -321,6 +321,17 @@ impl Cluster {
         self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
     }
 
+    /// Stop the server (fast shutdown: sessions are terminated); [`Cluster::start_again`]
+    /// brings it back on the same port.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+    }
+
+    /// Start the server again after [`Cluster::stop`].
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60"]);
+    }
+
     /// The server log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
