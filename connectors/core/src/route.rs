@@ -103,30 +103,54 @@ impl ChannelTemplate {
 
     /// Render against a change's document.
     pub fn render(&self, doc: &serde_json::Value) -> Result<String, RouteError> {
-        let mut out = String::new();
+        self.render_with(|path| {
+            let mut v = doc;
+            for seg in path {
+                v = v.get(seg)?;
+            }
+            Some(std::borrow::Cow::Borrowed(v))
+        })
+    }
+
+    /// Render with `resolve` looking each field up: given a field's path (`["fullDocument",
+    /// "storeId"]`), the value there as JSON, or `None` when it is missing. For sources that
+    /// read their changes in a form of their own, without building the whole change as JSON
+    /// first. Only scalars are rendered: an object or array may be handed back empty.
+    pub fn render_with<'v>(
+        &self,
+        mut resolve: impl FnMut(&[String]) -> Option<std::borrow::Cow<'v, serde_json::Value>>,
+    ) -> Result<String, RouteError> {
+        let mut out = String::with_capacity(self.text.len() + 16);
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
                 Part::Field(path) => {
                     let name = || path.join(".");
-                    let mut v = doc;
-                    for seg in path {
-                        v = v.get(seg).ok_or_else(|| RouteError::Missing(name()))?;
-                    }
-                    let text = match v {
+                    let v = resolve(path).ok_or_else(|| RouteError::Missing(name()))?;
+                    let number;
+                    let text = match &*v {
                         serde_json::Value::Null => return Err(RouteError::Null(name())),
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Number(n) => n.to_string(),
-                        serde_json::Value::Bool(b) => b.to_string(),
+                        serde_json::Value::String(s) => s.as_str(),
+                        serde_json::Value::Number(n) => {
+                            number = n.to_string();
+                            number.as_str()
+                        }
+                        serde_json::Value::Bool(b) => {
+                            if *b {
+                                "true"
+                            } else {
+                                "false"
+                            }
+                        }
                         _ => return Err(RouteError::NotScalar(name())),
                     };
                     if text.is_empty() || !text.chars().all(|c| literal_char_ok(c) && c != ':') {
                         return Err(RouteError::BadValue {
                             field: name(),
-                            value: text,
+                            value: text.to_owned(),
                         });
                     }
-                    out.push_str(&text);
+                    out.push_str(text);
                 }
             }
         }
