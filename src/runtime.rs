@@ -4,10 +4,12 @@
 //! "going away, resume elsewhere" reason; let in-flight publishes finish (their appends are
 //! durable before they answer); then close the log, which commits whatever is queued.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -200,13 +202,32 @@ async fn serve(
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server failed");
-        shutdown.cancel();
+        .into_future();
+    // Graceful shutdown waits for every open HTTP response to end; a response going to a client
+    // that stopped reading (a stuck SSE stream, a long-poll answer into a full socket) would
+    // never end, and the server would never stop. Give them the drain timeout, then go on:
+    // what was acknowledged is durable either way.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::Instant::now() + DRAIN_TIMEOUT
+    }
+    .shared();
+    let bounded = async { tokio::time::sleep_until(deadline.clone().await).await };
+    tokio::select! {
+        served = served => {
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+                shutdown.cancel();
+            }
+        }
+        () = bounded => tracing::warn!(
+            "some HTTP responses did not finish within {DRAIN_TIMEOUT:?} of the shutdown (clients not reading); closing them"
+        ),
     }
     sessions.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+    // One deadline for everything the shutdown waits on, counted from the shutdown.
+    let deadline = deadline.await;
+    if tokio::time::timeout_at(deadline, sessions.wait())
         .await
         .is_err()
     {

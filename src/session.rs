@@ -84,6 +84,7 @@ where
             socket,
             timeout: state.config.session.send_timeout,
             last_write: Instant::now(),
+            shutdown: state.shutdown.clone(),
         },
         subscription: Subscription::new(state.log.clone(), state.hub.clone()),
         state,
@@ -215,6 +216,8 @@ struct Out<S> {
     socket: S,
     timeout: Duration,
     last_write: Instant,
+    /// A write that waits gives up when the server shuts down.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl<S> Out<S>
@@ -264,10 +267,18 @@ where
     }
 
     async fn send_rest(&mut self, msgs: Vec<Message>) -> Result<(), End> {
-        for msg in msgs {
-            timed(self.timeout, self.socket.feed(msg)).await?;
+        let (socket, limit, shutdown) = (&mut self.socket, self.timeout, self.shutdown.clone());
+        let write = async move {
+            for msg in msgs {
+                timed(limit, socket.feed(msg)).await?;
+            }
+            timed(limit, socket.flush()).await
+        };
+        tokio::select! {
+            written = write => written?,
+            // A client that does not read must not hold up a shutdown for the send timeout.
+            _ = shutdown.cancelled() => return Err(End::Shutdown),
         }
-        timed(self.timeout, self.socket.flush()).await?;
         self.last_write = Instant::now();
         Ok(())
     }

@@ -155,3 +155,65 @@ async fn sigterm_closes_sockets_with_going_away_and_exits_zero() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["data"], "before the stop");
 }
+
+/// Clients that stop reading (a frozen tab, a phone in a tunnel) must not keep the server from
+/// stopping: SIGTERM with a stuck SSE stream and a stuck WebSocket, both with full socket
+/// buffers, still exits, within the drain timeout plus a little.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_even_when_clients_stopped_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Process::start(dir.path(), &[]).await;
+    // An SSE subscriber that reads the response head and then nothing more.
+    let mut sse = tokio::net::TcpStream::connect(&proc.addr).await.unwrap();
+    sse.write_all(
+        format!(
+            "GET /v1/sse?channel=stuck HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = sse.read(&mut head).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // A WebSocket subscriber that stops reading after its attach.
+    let mut ws = Client::connect(&proc.ws_url(), Some(KEY)).await;
+    ws.attach("stuck", json!({})).await;
+    // Far more than loopback socket buffers hold: both subscribers' sockets fill up.
+    let http = reqwest::Client::new();
+    let big = "x".repeat(60 * 1024);
+    for _ in 0..40 {
+        let batch: Vec<Value> = (0..10).map(|_| json!({"data": big})).collect();
+        let resp = http
+            .post(format!("{}/v1/channels/stuck/messages", proc.http()))
+            .bearer_auth(KEY)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let started = std::time::Instant::now();
+    let pid = proc.child.id().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(25), proc.child.wait())
+        .await
+        .expect("the server exits although two clients stopped reading")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    drop((sse, ws));
+}
