@@ -6,6 +6,8 @@ mod common;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{history, KEY};
@@ -1202,6 +1204,210 @@ async fn a_lone_transaction_reaches_the_log_without_waiting_for_the_next_one() {
     t.server.wait().await;
 }
 
+/// A TCP proxy between the connector and Postgres that can cut the network under it. It knows
+/// which of its connections are replication sessions (their startup packet asks for
+/// `replication`), counts the bytes Postgres sends on each, and can cut every connection at
+/// once, abortively (an RST both ways, no FIN: nothing is flushed or closed in order), and
+/// refuse new ones for a while. `common::Proxy` stands in front of Tidings' clients and cuts
+/// on demand only; this one watches the Postgres side and cuts at a byte count, from inside
+/// the copy, so a cut lands in the middle of a transaction on the wire.
+struct PgProxy {
+    addr: std::net::SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+struct ProxyState {
+    refusing: AtomicBool,
+    refused: AtomicU64,
+    /// Bytes from Postgres on replication connections, all together.
+    replication_total: AtomicU64,
+    /// Bytes from Postgres on each replication connection, in the order they opened.
+    replication: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Cut once `replication_total` reaches this (0: not armed).
+    cut_at: AtomicU64,
+    /// Bumped by each cut; every connection open at that moment is cut.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl ProxyState {
+    /// Refuse new connections (first, so nothing reconnects in between) and cut every open one.
+    fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl PgProxy {
+    async fn start(target_port: u16) -> PgProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState {
+            refusing: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            replication_total: AtomicU64::new(0),
+            replication: Mutex::new(Vec::new()),
+            cut_at: AtomicU64::new(0),
+            cut: tokio::sync::watch::channel(0).0,
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if shared.refusing.load(Ordering::SeqCst) {
+                    shared.refused.fetch_add(1, Ordering::SeqCst);
+                    let _ = inbound.set_zero_linger();
+                    continue; // dropped: reset
+                }
+                tokio::spawn(PgProxy::pipe(inbound, target_port, shared.clone()));
+            }
+        });
+        PgProxy { addr, state }
+    }
+
+    async fn pipe(mut inbound: tokio::net::TcpStream, target_port: u16, state: Arc<ProxyState>) {
+        let mut cut = state.cut.subscribe();
+        let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+            return;
+        };
+        let mut outbound = Tap {
+            inner: outbound,
+            state,
+            sniffed: Vec::new(),
+            received: None,
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            _ = cut.changed() => {
+                // Both sockets drop here, reset rather than closed.
+                let _ = inbound.set_zero_linger();
+                let _ = outbound.inner.set_zero_linger();
+            }
+        }
+    }
+
+    /// A URL for the connector that goes through the proxy.
+    fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/postgres?sslmode=disable",
+            support::USER,
+            support::PASSWORD,
+            self.addr.port()
+        )
+    }
+
+    /// Cut every connection, and refuse new ones until [`PgProxy::refuse`]`(false)`, once
+    /// `more` bytes more have come from Postgres on replication connections.
+    fn cut_after(&self, more: u64) {
+        let at = self.state.replication_total.load(Ordering::SeqCst) + more;
+        self.state.cut_at.store(at, Ordering::SeqCst);
+    }
+
+    /// Cut every connection now, and refuse new ones until [`PgProxy::refuse`]`(false)`.
+    fn cut_now(&self) {
+        self.state.cut();
+    }
+
+    fn cuts(&self) -> u64 {
+        *self.state.cut.borrow()
+    }
+
+    fn refuse(&self, refuse: bool) {
+        self.state.refusing.store(refuse, Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Bytes Postgres sent on each replication connection so far, oldest first.
+    fn replication_bytes(&self) -> Vec<u64> {
+        self.state
+            .replication
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.load(Ordering::SeqCst))
+            .collect()
+    }
+}
+
+/// The proxy's Postgres-side socket: reads are bytes from Postgres (counted on replication
+/// connections, and the armed cut fired from here), writes are bytes to it (the start of
+/// which is sniffed for the startup packet).
+struct Tap {
+    inner: tokio::net::TcpStream,
+    state: Arc<ProxyState>,
+    sniffed: Vec<u8>,
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if let (Some(received), true) = (&self.received, n > 0) {
+            received.fetch_add(n, Ordering::SeqCst);
+            let total = self.state.replication_total.fetch_add(n, Ordering::SeqCst) + n;
+            let at = self.state.cut_at.load(Ordering::SeqCst);
+            if at > 0
+                && total >= at
+                && self
+                    .state
+                    .cut_at
+                    .compare_exchange(at, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                self.state.cut();
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            if self.received.is_none() && self.sniffed.len() < 1024 {
+                let n = *n;
+                self.sniffed.extend_from_slice(&buf[..n]);
+                if self
+                    .sniffed
+                    .windows(b"replication\0".len())
+                    .any(|w| w == b"replication\0")
+                {
+                    let counter = Arc::new(AtomicU64::new(0));
+                    self.state.replication.lock().unwrap().push(counter.clone());
+                    self.received = Some(counter);
+                }
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
 async fn connector_status(base: &str, name: &str) -> Value {
     let status: Value = reqwest::Client::new()
@@ -1236,6 +1442,205 @@ async fn wait_for_status(base: &str, name: &str, ok: impl Fn(&Value) -> bool) ->
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The head serial of `channel` in the in-process server's log.
+fn head(t: &InProcess, channel: &str) -> u64 {
+    t.server
+        .log()
+        .state(&tidings::channel::ChannelName::parse(channel).unwrap())
+        .head
+}
+
+/// Message frames a WebSocket subscriber receives until `n` arrived and then nothing more for
+/// a while (heartbeats skipped); any other frame fails the test.
+async fn receive(client: &mut common::Client, n: usize) -> Vec<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut frames = Vec::with_capacity(n);
+    // Generous between messages while the stream recovers (heartbeats do not count as
+    // progress); short once everything is in, to catch extras.
+    let mut deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, client.ws.next()).await {
+            Err(_) if frames.len() >= n => return frames,
+            Err(_) => panic!(
+                "{} of {n} messages, then none for {CATCH_UP:?}",
+                frames.len()
+            ),
+            Ok(msg) => msg.expect("the subscriber stays connected").unwrap(),
+        };
+        let Message::Text(text) = msg else { continue };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        match frame["type"].as_str() {
+            Some("heartbeat") => {}
+            Some("message") => {
+                frames.push(frame);
+                if frames.len() < n {
+                    deadline = tokio::time::Instant::now() + CATCH_UP;
+                } else if frames.len() == n {
+                    deadline = tokio::time::Instant::now() + Duration::from_millis(700);
+                }
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+}
+
+/// Exactly once, in order: serials contiguous from 1, `k` is 0..n in order, each outbox id
+/// of `committed` once, and each message id once.
+fn assert_delivered_exactly_once(frames: &[Value], n: u64, committed: (i64, i64)) {
+    let serials: Vec<u64> = frames
+        .iter()
+        .map(|f| f["serial"].as_u64().unwrap())
+        .collect();
+    let ks: Vec<u64> = frames
+        .iter()
+        .map(|f| f["data"]["k"].as_u64().unwrap())
+        .collect();
+    let outbox_ids: Vec<i64> = frames
+        .iter()
+        .map(|f| f["data"]["outbox_id"].as_i64().unwrap())
+        .collect();
+    let message_ids: std::collections::HashSet<&str> =
+        frames.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    let describe = |what: &str, got: &[u64], want: &dyn Fn(usize) -> u64| {
+        let first_wrong = got.iter().enumerate().find(|(i, v)| **v != want(*i));
+        assert!(
+            got.len() as u64 == n && first_wrong.is_none(),
+            "{what}: {} values for {n} rows; first out of place: {first_wrong:?}",
+            got.len()
+        );
+    };
+    describe("rows (k in commit order)", &ks, &|i| i as u64);
+    let ids: Vec<u64> = outbox_ids
+        .iter()
+        .map(|i| (i - committed.0) as u64)
+        .collect();
+    describe("outbox ids (each committed one once)", &ids, &|i| i as u64);
+    describe("serials (contiguous from 1)", &serials, &|i| i as u64 + 1);
+    assert_eq!(
+        committed.1 - committed.0 + 1,
+        n as i64,
+        "the rows committed"
+    );
+    assert_eq!(message_ids.len() as u64, n, "message ids are unique");
+}
+
+/// A network cut in the middle of a large transaction, twice: first while its first bytes
+/// arrive (nothing of it in the log yet), then after the replay put its first parts in the
+/// log. Each time the path stays down for a moment (connections reset, new ones refused),
+/// then comes back: the connector reconnects with backoff, resumes from its checkpoint, and a
+/// subscriber receives every row exactly once, in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_network_cut_mid_transaction_reconnects_and_delivers_every_row_exactly_once() {
+    const ROWS: u64 = 100_000;
+    const PART: usize = 2_000;
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let proxy = PgProxy::start(pg.port).await;
+    let t = InProcess::start_named("netcut", &pg, |c| {
+        c.url = ConnectionUrl::new(proxy.url());
+        c.max_batch_messages = PART;
+    })
+    .await;
+    write_txns(&pg.url(), "netcut:0", 0, 1, 1).await;
+    expect_messages(&t.http(), "netcut:0", 1).await;
+    assert_eq!(
+        proxy.replication_bytes().len(),
+        1,
+        "the replication session goes through the proxy"
+    );
+    let ws = format!("ws://{}/v1/connect", t.server.addr());
+    let mut subscriber = common::Client::connect(&ws, Some(KEY)).await;
+    subscriber.attach("netcut:1", serde_json::json!({})).await;
+    let receiver = tokio::spawn(async move { receive(&mut subscriber, ROWS as usize).await });
+
+    // One transaction, written straight to Postgres (not through the proxy).
+    proxy.cut_after(64 * 1024);
+    let committed = pg
+        .sql()
+        .await
+        .query_one(
+            "WITH ins AS (
+                 INSERT INTO tidings.outbox (id, channel, name, data)
+                 SELECT id, 'netcut:1', 'row', jsonb_build_object('outbox_id', id, 'k', g, 'pad', repeat('p', 100))
+                 FROM (SELECT nextval(pg_get_serial_sequence('tidings.outbox', 'id')) AS id, g
+                       FROM generate_series(0, $1::bigint - 1) g) s
+                 RETURNING id)
+             SELECT min(id), max(id) FROM ins",
+            &[&(ROWS as i64)],
+        )
+        .await
+        .unwrap();
+    let committed: (i64, i64) = (committed.get(0), committed.get(1));
+
+    // First cut: fired by the proxy once 64 KiB of the transaction came through.
+    let deadline = Instant::now() + CATCH_UP;
+    while proxy.cuts() < 1 {
+        assert!(Instant::now() < deadline, "the transaction never streamed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_first_cut = head(&t, "netcut:1");
+    // While the path is down the connector says it is retrying, and why.
+    let retrying = wait_for_status(&t.http(), "netcut", |s| s["state"] == "retrying").await;
+    assert!(
+        retrying["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{retrying}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.refuse(false);
+
+    // Second cut: once the replay put the transaction's first part in the log.
+    let deadline = Instant::now() + CATCH_UP;
+    while head(&t, "netcut:1") < PART as u64 {
+        assert!(Instant::now() < deadline, "the transaction never resumed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proxy.cut_now();
+    let at_second_cut = head(&t, "netcut:1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.refuse(false);
+
+    let frames = receiver.await.unwrap();
+    assert_delivered_exactly_once(&frames, ROWS, committed);
+    let items = expect_messages(&t.http(), "netcut:1", ROWS as usize).await;
+    assert_eq!(
+        items.iter().map(|m| &m["id"]).collect::<Vec<_>>(),
+        frames.iter().map(|f| &f["id"]).collect::<Vec<_>>(),
+        "the log holds what the subscriber got"
+    );
+
+    // Both cuts were in the middle of the transaction: the connections cut had received less
+    // of it than the one that finally carried all of it.
+    let bytes = proxy.replication_bytes();
+    assert!(bytes.len() >= 3, "reconnected after each cut: {bytes:?}");
+    let whole = *bytes.last().unwrap();
+    assert!(
+        bytes[..bytes.len() - 1].iter().all(|b| *b < whole),
+        "cut mid-transaction: {bytes:?}"
+    );
+    assert!(at_first_cut < ROWS && at_second_cut < ROWS);
+    assert!(at_second_cut >= PART as u64, "{at_second_cut}");
+    assert!(
+        proxy.refused() > 0,
+        "connections were refused while the path was down"
+    );
+    let status = wait_for_status(&t.http(), "netcut", |s| s["state"] == "running").await;
+    assert!(status["reconnects"].as_u64().unwrap() >= 2, "{status}");
+    assert!(
+        status["duplicates_dropped"].as_u64().unwrap() >= PART as u64,
+        "the replay after the second cut repeated what the log held, and it was dropped: {status}"
+    );
+    assert_eq!(status["messages_published"], ROWS + 1, "{status}");
+    eprintln!(
+        "network cut: heads {at_first_cut} and {at_second_cut} at the cuts; replication bytes per connection {bytes:?}; {} refused; status {status}",
+        proxy.refused()
+    );
+    t.server.shutdown();
+    t.server.wait().await;
 }
 
 /// `GET /v1/connectors` needs an API key and tells an operator what a connector is doing:
