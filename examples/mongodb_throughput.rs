@@ -5,6 +5,8 @@
 //! cargo run --release --example mongodb_throughput -- [EVENTS] [STORES]
 //! ```
 //!
+//! `MAX_BATCH_EVENTS=N` sets the connector's `max_batch_events` (default 4096) for a comparison.
+//!
 //! Everything runs in this process on the machine's cores: the wire-level test server
 //! (`tidings-mongo-testserver`), the unmodified `mongodb` driver, the connector, the server's
 //! source runner and its embedded log (SQLite, one fsync per group commit).
@@ -20,6 +22,9 @@
 //! 4. **End to end**: the connector from its stored position through the runner into the log,
 //!    timed until the last event is durable.
 //! 5. **Snapshot**: an initial snapshot of EVENTS existing documents into the log.
+//!
+//! Stages 3 and 4 also print the CPU each kind of thread used, as a share of one core: a thread
+//! near 100 % is what bounds the stage; when none is, the stage waits (on the log's syncs).
 //!
 //! The numbers it prints are the ones `docs/mongodb.md` quotes, with the machine they ran on.
 //! It lives in the server package because it drives the server's real log and runner; the
@@ -94,6 +99,12 @@ fn config(server: &MongoTestServer, ns: &str, snapshot: SnapshotMode) -> MongoCo
     );
     c.snapshot = snapshot;
     c.max_await = Duration::from_millis(50);
+    if let Some(max) = std::env::var("MAX_BATCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.max_batch_events = max;
+    }
     c
 }
 
@@ -123,6 +134,47 @@ async fn wait_checkpoint(log: &EmbeddedLog, name: &str) -> SourcePosition {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// CPU seconds this process's threads have used, by thread name (from `/proc/self/task`; empty
+/// where there is none): which stage is busy all the time, and so bounds the rate.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After the name: state, ..., utime and stime (fields 14 and 15) in clock ticks (100/s).
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *out.entry(stat[open + 1..close].to_owned()).or_default() +=
+            (ticks(11) + ticks(12)) as f64 / 100.0;
+    }
+    out
+}
+
+/// The CPU each kind of thread used since `before`, as a share of `wall`.
+fn cpu_since(before: &std::collections::BTreeMap<String, f64>, wall: Duration) -> String {
+    let now = cpu_by_thread();
+    let mut parts = Vec::new();
+    for (name, secs) in &now {
+        let used = secs - before.get(name).copied().unwrap_or(0.0);
+        if used >= 0.05 {
+            parts.push(format!("{name} {:.0} %", 100.0 * used / wall.as_secs_f64()));
+        }
+    }
+    format!("    cpu (of one core): {}", parts.join(", "))
 }
 
 fn rate(n: u64, d: Duration) -> String {
@@ -240,7 +292,7 @@ async fn main() {
     );
     // Batches as large as the connector makes them when the log is the slower side (events
     // pile up during an append): whole batches merged up to `max_batch_events`.
-    let limit = tidings_connector_mongodb::config::DEFAULT_MAX_BATCH_EVENTS;
+    let limit = config(&server, "shop.orders", SnapshotMode::Never).max_batch_events;
     let mut merged: std::collections::VecDeque<Batch> = std::collections::VecDeque::new();
     for b in batches {
         match merged.back_mut() {
@@ -265,6 +317,7 @@ async fn main() {
     );
     let shutdown = CancellationToken::new();
     let appends = batches.len();
+    let cpu = cpu_by_thread();
     let t = Instant::now();
     let runner = tokio::spawn(run(
         Box::new(Replay(batches)),
@@ -283,6 +336,7 @@ async fn main() {
         "runner + log alone, no MongoDB     {}  in {appends} appends",
         rate(events, log_alone)
     );
+    println!("{}", cpu_since(&cpu, log_alone));
 
     // 4. The connector into the durable log, from the stored position.
     let shutdown = CancellationToken::new();
@@ -297,6 +351,7 @@ async fn main() {
         .stats()
         .commits
         .load(std::sync::atomic::Ordering::Relaxed);
+    let cpu = cpu_by_thread();
     let t = Instant::now();
     let runner = tokio::spawn(run(
         Box::new(source),
@@ -320,6 +375,7 @@ async fn main() {
         rate(events, through),
         100.0 * ceiling.as_secs_f64() / through.as_secs_f64()
     );
+    println!("{}", cpu_since(&cpu, through));
 
     // 3. An initial snapshot of EVENTS existing documents.
     for i in 0..events {
