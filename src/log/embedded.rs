@@ -328,6 +328,17 @@ impl Writer {
         let mut answers = Vec::with_capacity(work.len());
         let outcome = (|| -> Result<(), LogError> {
             let tx = self.conn.transaction()?;
+            // Prepared once per group, not per message: looking a statement up in rusqlite's
+            // cache hashes its SQL and reorders the cache, ~5 % of a connector's append.
+            let mut dedup = tx.prepare_cached(
+                "SELECT serial FROM messages INDEXED BY messages_dedup
+                 WHERE channel_id = ?1 AND msg_id IS NOT NULL AND msg_id = ?2
+                   AND ts >= ?3 LIMIT 1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (channel_id, serial, msg_id, name, data, headers, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             for (messages, checkpoint) in work {
                 let mut results = Vec::with_capacity(messages.len());
                 for m in messages {
@@ -366,12 +377,7 @@ impl Writer {
                     }
                     let st = staged.get_mut(key).expect("staged above");
                     if let Some(id) = &m.id {
-                        let found: Option<i64> = tx
-                            .prepare_cached(
-                                "SELECT serial FROM messages INDEXED BY messages_dedup
-                                 WHERE channel_id = ?1 AND msg_id IS NOT NULL AND msg_id = ?2
-                                   AND ts >= ?3 LIMIT 1",
-                            )?
+                        let found: Option<i64> = dedup
                             .query_row(
                                 params![
                                     st.meta.id,
@@ -390,11 +396,7 @@ impl Writer {
                         }
                     }
                     let serial = st.meta.head + 1;
-                    tx.prepare_cached(
-                        "INSERT INTO messages (channel_id, serial, msg_id, name, data, headers, ts)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
+                    insert.execute(params![
                         st.meta.id,
                         serial as i64,
                         m.id,
@@ -429,6 +431,7 @@ impl Writer {
                 }
                 answers.push(results);
             }
+            drop((dedup, insert));
             for st in staged.values() {
                 if st.meta.head != st.prev_head {
                     tx.prepare_cached("UPDATE channels SET head = ?1 WHERE id = ?2")?
