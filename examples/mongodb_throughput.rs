@@ -127,6 +127,28 @@ fn in_log(log: &dyn ChannelLog, stores: u64) -> u64 {
         .sum()
 }
 
+/// Run `source` through the runner into `log` until the STORES channels hold `more` messages
+/// beyond what they held when it started; stop it and return how long that took.
+async fn drain(
+    source: Box<dyn Source>,
+    name: &str,
+    log: &Arc<dyn ChannelLog>,
+    stores: u64,
+    more: u64,
+) -> Duration {
+    let before = in_log(log.as_ref(), stores);
+    let shutdown = CancellationToken::new();
+    let t = Instant::now();
+    let runner = tokio::spawn(run(source, options(name), log.clone(), shutdown.clone()));
+    while in_log(log.as_ref(), stores) - before < more {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = t.elapsed();
+    shutdown.cancel();
+    runner.await.unwrap();
+    took
+}
+
 async fn wait_checkpoint(log: &EmbeddedLog, name: &str) -> SourcePosition {
     loop {
         if let Some(p) = log.checkpoint(name).await.unwrap() {
@@ -315,22 +337,16 @@ async fn main() {
         )
         .unwrap(),
     );
-    let shutdown = CancellationToken::new();
     let appends = batches.len();
     let cpu = cpu_by_thread();
-    let t = Instant::now();
-    let runner = tokio::spawn(run(
+    let log_alone = drain(
         Box::new(Replay(batches)),
-        options("replay"),
-        replay_log.clone(),
-        shutdown.clone(),
-    ));
-    while in_log(replay_log.as_ref(), stores) < events {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let log_alone = t.elapsed();
-    shutdown.cancel();
-    runner.await.unwrap();
+        "replay",
+        &replay_log,
+        stores,
+        events,
+    )
+    .await;
     replay_log.close().await;
     println!(
         "runner + log alone, no MongoDB     {}  in {appends} appends",
@@ -339,7 +355,6 @@ async fn main() {
     println!("{}", cpu_since(&cpu, log_alone));
 
     // 4. The connector into the durable log, from the stored position.
-    let shutdown = CancellationToken::new();
     let source = MongoSource::new(
         "bench",
         config(&server, "shop.orders", SnapshotMode::Never),
@@ -352,19 +367,7 @@ async fn main() {
         .commits
         .load(std::sync::atomic::Ordering::Relaxed);
     let cpu = cpu_by_thread();
-    let t = Instant::now();
-    let runner = tokio::spawn(run(
-        Box::new(source),
-        options("bench"),
-        dyn_log.clone(),
-        shutdown.clone(),
-    ));
-    while in_log(log.as_ref(), stores) < events {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let through = t.elapsed();
-    shutdown.cancel();
-    runner.await.unwrap();
+    let through = drain(Box::new(source), "bench", &dyn_log, stores, events).await;
     let commits = log
         .stats()
         .commits
@@ -381,8 +384,6 @@ async fn main() {
     for i in 0..events {
         server.insert("shop.snap", order(i, stores));
     }
-    let before = in_log(log.as_ref(), stores);
-    let shutdown = CancellationToken::new();
     let source = MongoSource::new(
         "snap",
         config(&server, "shop.snap", SnapshotMode::Initial),
@@ -390,19 +391,7 @@ async fn main() {
         "mongodb:snap",
     )
     .unwrap();
-    let t = Instant::now();
-    let runner = tokio::spawn(run(
-        Box::new(source),
-        options("snap"),
-        dyn_log.clone(),
-        shutdown.clone(),
-    ));
-    while in_log(log.as_ref(), stores) - before < events {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let snapshot = t.elapsed();
-    shutdown.cancel();
-    runner.await.unwrap();
+    let snapshot = drain(Box::new(source), "snap", &dyn_log, stores, events).await;
     println!(
         "snapshot into the durable log      {}",
         rate(events, snapshot)
