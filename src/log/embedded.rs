@@ -28,6 +28,8 @@ use crate::channel::{namespace_of, ChannelName};
 pub const MAX_GROUP_MESSAGES: usize = 8192;
 /// Capacity of the writer's request queue; appends wait (asynchronously) when it is full.
 pub const WRITER_QUEUE: usize = 4096;
+/// Page cache of the writer's connection, in KiB (see `init_schema`).
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Rows one retention pass examines per channel, so a pass never holds the writer for long.
 const RETENTION_SCAN_LIMIT: i64 = 50_000;
 
@@ -210,6 +212,12 @@ fn init_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // SQLite's default cache is 2 MiB; a group commit of a few thousand connector messages
+    // dirties more pages than that, and SQLite then spills them to the WAL mid-transaction and
+    // reads them back: 500,000 MongoDB events went in at 41k/s with the default, 72k/s with
+    // 16 MiB (8 MiB: 69k, 32 MiB: 63k; examples/mongodb_throughput). Pages are allocated as
+    // used, so a quiet log does not pay for it. Readers keep the default.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS channels (
