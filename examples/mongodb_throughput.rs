@@ -207,6 +207,10 @@ fn rate(n: u64, d: Duration) -> String {
     )
 }
 
+/// The allocator the `tidings` binary uses (src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
