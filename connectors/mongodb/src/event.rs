@@ -18,6 +18,28 @@ use tidings_connectors_core::{Publish, SourceError};
 
 use crate::config::{JsonMode, OnPoison, Payload};
 
+/// The message id of a snapshot document: `mdbs:` + 64 bits of the digest of the snapshot's
+/// position and namespace, then the document's `_id` in a form that sorts as the snapshot reads
+/// (by `_id`): ObjectIds as hex, integers as offset hex, short strings as they are; other keys
+/// by the digest of their canonical JSON. Like [`event_id`], ids that sort keep the log's
+/// duplicate index growing at its end while a large collection is read.
+pub fn snapshot_id(resume_text: &str, db: &str, coll: &str, key: &Bson) -> String {
+    let scope = digest(&[resume_text.as_bytes(), db.as_bytes(), coll.as_bytes()]);
+    let scope = &scope[..16];
+    let int = |v: i64| format!("mdbs:{scope}:i{:016x}", (v as u64) ^ (1 << 63));
+    match key {
+        Bson::ObjectId(oid) => format!("mdbs:{scope}:o{}", oid.to_hex()),
+        Bson::Int32(v) => int(i64::from(*v)),
+        Bson::Int64(v) => int(*v),
+        // Ids are at most 255 bytes; the prefix takes 23.
+        Bson::String(v) if v.len() <= 200 => format!("mdbs:{scope}:s{v}"),
+        other => {
+            let text = other.clone().into_canonical_extjson().to_string();
+            format!("mdbs:{scope}:h{}", digest(&[text.as_bytes()]))
+        }
+    }
+}
+
 /// Event types that describe the collection rather than a document.
 pub const LIFECYCLE: [&str; 4] = ["drop", "rename", "dropDatabase", "invalidate"];
 
@@ -145,17 +167,8 @@ impl Router {
             Some(k) => Bson::try_from(k).map_err(unreadable)?,
             None => Bson::Null,
         };
-        let key_text = key.into_canonical_extjson().to_string();
         let resume_text = extjson_text(resume);
-        let id = format!(
-            "mdbs:{}",
-            digest(&[
-                resume_text.as_bytes(),
-                db.as_bytes(),
-                coll.as_bytes(),
-                key_text.as_bytes()
-            ])
-        );
+        let id = snapshot_id(&resume_text, db, coll, &key);
         let mut ns = RawDocumentBuf::new();
         ns.append("db", db);
         ns.append("coll", coll);
@@ -717,7 +730,7 @@ mod reference {
     use serde_json::{json, Map, Value};
     use tidings_connectors_core::{Publish, SourceError};
 
-    use super::{digest, Router, LIFECYCLE, ROUTING_FIELDS};
+    use super::{Router, LIFECYCLE, ROUTING_FIELDS};
     use crate::config::{JsonMode, OnPoison, Payload};
 
     /// A [`Router`] converting the straightforward way.
@@ -874,17 +887,8 @@ mod reference {
             resume: &Bson,
         ) -> Result<Vec<Publish>, SourceError> {
             let key = doc.get("_id").cloned().unwrap_or(Bson::Null);
-            let key_text = key.clone().into_canonical_extjson().to_string();
             let resume_text = resume.clone().into_canonical_extjson().to_string();
-            let id = format!(
-                "mdbs:{}",
-                digest(&[
-                    resume_text.as_bytes(),
-                    db.as_bytes(),
-                    coll.as_bytes(),
-                    key_text.as_bytes()
-                ])
-            );
+            let id = super::snapshot_id(&resume_text, db, coll, &key);
             let event = bson::doc! {
                 "operationType": "snapshot",
                 "ns": {"db": db, "coll": coll},
@@ -1588,5 +1592,44 @@ mod tests {
         assert_ne!(event_id(at(10, 1), "t1"), event_id(at(10, 1), "t2"));
         // Without a cluster time the token's digest alone names the event, as before.
         assert_eq!(event_id(None, "t"), format!("mdb:{}", digest(&[b"t"])));
+    }
+
+    #[test]
+    fn snapshot_ids_sort_as_the_snapshot_reads() {
+        let id = |k: Bson| snapshot_id("{}", "shop", "orders", &k);
+        let oids = [
+            "65a1b2c3d4e5f60718293a4b",
+            "65a1b2c3d4e5f60718293a4c",
+            "75a1b2c3d4e5f60718293a00",
+        ];
+        let ids: Vec<String> = oids
+            .iter()
+            .map(|h| id(Bson::ObjectId(bson::oid::ObjectId::parse_str(h).unwrap())))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let ints = [
+            Bson::Int64(-5),
+            Bson::Int32(-1),
+            Bson::Int32(0),
+            Bson::Int32(9),
+            Bson::Int64(10),
+            Bson::Int64(1 << 40),
+        ];
+        let ids: Vec<String> = ints.into_iter().map(id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // One value, one id, whatever its integer width; other scopes differ.
+        assert_eq!(id(Bson::Int32(7)), id(Bson::Int64(7)));
+        assert_ne!(
+            id(Bson::Int32(7)),
+            snapshot_id("{}", "shop", "other", &Bson::Int32(7))
+        );
+        assert_eq!(
+            id(Bson::String("sku-1".into())).rsplit(':').next(),
+            Some("ssku-1")
+        );
+        // Long strings and other types by digest, within the id limit.
+        let long = id(Bson::String("x".repeat(300)));
+        assert!(long.len() <= 255 && long.contains(":h"), "{long}");
+        assert_ne!(id(Bson::Double(1.5)), id(Bson::Double(2.5)));
     }
 }
