@@ -2,7 +2,7 @@
 //! the ceiling of the MongoDB test server it reads from.
 //!
 //! ```sh
-//! cargo run --release --example mongodb_throughput -- [EVENTS] [STORES]
+//! cargo run --release --example mongodb_throughput -- [EVENTS] [STORES] [--json]
 //! ```
 //!
 //! `MAX_BATCH_EVENTS=N` sets the connector's `max_batch_events` (default 4096) for a comparison.
@@ -25,6 +25,10 @@
 //!
 //! Stages 3 and 4 also print the CPU each kind of thread used, as a share of one core: a thread
 //! near 100 % is what bounds the stage; when none is, the stage waits (on the log's syncs).
+//!
+//! `--json` prints one JSON object per line above (`scenario` `mongodb-throughput`, `system` the
+//! stage, its figures, the CPU shares as `cpu_pct.<thread>`, `ok`, `problems`) on stdout and the
+//! human lines on stderr, as `tidings-bench --json` does; `bench/run` reads them.
 //!
 //! The numbers it prints are the ones `docs/mongodb.md` quotes, with the machine they ran on.
 //! It lives in the server package because it drives the server's real log and runner; the
@@ -186,17 +190,92 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-/// The CPU each kind of thread used since `before`, as a share of `wall`.
-fn cpu_since(before: &std::collections::BTreeMap<String, f64>, wall: Duration) -> String {
+/// The CPU each kind of thread used since `before`, as a percentage of `wall` (100 = one core),
+/// for the kinds that used at least 0.05 s.
+fn cpu_since(
+    before: &std::collections::BTreeMap<String, f64>,
+    wall: Duration,
+) -> Vec<(String, f64)> {
     let now = cpu_by_thread();
-    let mut parts = Vec::new();
-    for (name, secs) in &now {
-        let used = secs - before.get(name).copied().unwrap_or(0.0);
+    let mut shares = Vec::new();
+    for (name, secs) in now {
+        let used = secs - before.get(&name).copied().unwrap_or(0.0);
         if used >= 0.05 {
-            parts.push(format!("{name} {:.0} %", 100.0 * used / wall.as_secs_f64()));
+            shares.push((name, 100.0 * used / wall.as_secs_f64()));
         }
     }
+    shares
+}
+
+fn cpu_line(shares: &[(String, f64)]) -> String {
+    let parts: Vec<String> = shares
+        .iter()
+        .map(|(name, pct)| format!("{name} {pct:.0} %"))
+        .collect();
     format!("    cpu (of one core): {}", parts.join(", "))
+}
+
+/// Where the lines go: people read them on stdout; with `--json` they go to stderr and each
+/// stage's figures go to stdout as one JSON object.
+struct Out {
+    json: bool,
+    events: u64,
+    stores: u64,
+    /// The connector's `max_batch_events` (`MAX_BATCH_EVENTS` or the default).
+    max_batch_events: usize,
+    /// The ceiling's rate, once measured: each later stage gives its share of it.
+    ceiling: Option<f64>,
+}
+
+impl Out {
+    fn line(&self, text: &str) {
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// One stage's figures as JSON (nothing without `--json`): `system` names the stage.
+    fn stage(&self, system: &str, label: &str, took: Duration, extra: serde_json::Value) {
+        if !self.json {
+            return;
+        }
+        let per_s = self.events as f64 / took.as_secs_f64();
+        let mut m = serde_json::json!({
+            "scenario": "mongodb-throughput",
+            "system": system,
+            "stage": label,
+            "events": self.events,
+            "channels": self.stores,
+            "max_batch_events": self.max_batch_events,
+            "secs": (took.as_secs_f64() * 1e6).round() / 1e6,
+            "events_per_s": per_s.round(),
+        });
+        if let Some(ceiling) = self.ceiling {
+            m["ceiling_share"] = serde_json::json!((per_s / ceiling * 1e4).round() / 1e4);
+        }
+        if let (Some(m), serde_json::Value::Object(extra)) = (m.as_object_mut(), extra) {
+            m.extend(extra);
+        }
+        m["ok"] = serde_json::json!(true);
+        m["problems"] = serde_json::json!([]);
+        println!("{m}");
+    }
+
+    fn stage_with_cpu(
+        &self,
+        system: &str,
+        label: &str,
+        took: Duration,
+        mut extra: serde_json::Value,
+        cpu: &[(String, f64)],
+    ) {
+        for (name, pct) in cpu {
+            extra[format!("cpu_pct.{name}")] = serde_json::json!((pct * 10.0).round() / 10.0);
+        }
+        self.stage(system, label, took, extra);
+    }
 }
 
 fn rate(n: u64, d: Duration) -> String {
@@ -213,7 +292,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let json = std::env::args().any(|a| a == "--json");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--json");
     let events: u64 = args
         .next()
         .map_or(100_000, |a| a.parse().expect("EVENTS is a number"));
@@ -231,10 +311,17 @@ async fn main() {
         .unwrap(),
     );
     let dyn_log: Arc<dyn ChannelLog> = log.clone();
-    println!(
+    let mut out = Out {
+        json,
+        events,
+        stores,
+        max_batch_events: config(&server, "shop.orders", SnapshotMode::Never).max_batch_events,
+        ceiling: None,
+    };
+    out.line(&format!(
         "{events} change events, {stores} channels, cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    ));
 
     // The connector takes its start position on an empty collection, then stops.
     let shutdown = CancellationToken::new();
@@ -263,9 +350,16 @@ async fn main() {
     for i in 0..events {
         server.insert("shop.orders", order(i, stores));
     }
-    println!(
+    let writes = t.elapsed();
+    out.line(&format!(
         "writes into the test server        {}",
-        rate(events, t.elapsed())
+        rate(events, writes)
+    ));
+    out.stage(
+        "writes",
+        "inserts into the test server (setup, in process)",
+        writes,
+        serde_json::json!({}),
     );
 
     // 1. Ceiling: a bare driver client, raw events, no processing.
@@ -287,9 +381,16 @@ async fn main() {
         read += 1;
     }
     let ceiling = t.elapsed();
-    println!(
+    out.line(&format!(
         "ceiling: bare driver, raw events   {}",
         rate(events, ceiling)
+    ));
+    out.ceiling = Some(events as f64 / ceiling.as_secs_f64());
+    out.stage(
+        "ceiling",
+        "ceiling: bare driver, raw events",
+        ceiling,
+        serde_json::json!({}),
     );
     drop(stream);
 
@@ -311,10 +412,16 @@ async fn main() {
     }
     let alone = t.elapsed();
     drop(source);
-    println!(
+    out.line(&format!(
         "connector alone, no log            {}  in {} batches",
         rate(events, alone),
         batches.len()
+    ));
+    out.stage(
+        "connector-alone",
+        "connector alone, no log",
+        alone,
+        serde_json::json!({"batches": batches.len()}),
     );
     // Batches as large as the connector makes them when the log is the slower side (events
     // pile up during an append): whole batches merged up to `max_batch_events`.
@@ -352,11 +459,19 @@ async fn main() {
     )
     .await;
     replay_log.close().await;
-    println!(
+    let cpu = cpu_since(&cpu, log_alone);
+    out.line(&format!(
         "runner + log alone, no MongoDB     {}  in {appends} appends",
         rate(events, log_alone)
+    ));
+    out.line(&cpu_line(&cpu));
+    out.stage_with_cpu(
+        "runner-log-alone",
+        "runner + log alone, no MongoDB",
+        log_alone,
+        serde_json::json!({"appends": appends}),
+        &cpu,
     );
-    println!("{}", cpu_since(&cpu, log_alone));
 
     // 4. The connector into the durable log, from the stored position.
     let source = MongoSource::new(
@@ -377,14 +492,22 @@ async fn main() {
         .commits
         .load(std::sync::atomic::Ordering::Relaxed)
         - commits;
-    println!(
+    let cpu = cpu_since(&cpu, through);
+    out.line(&format!(
         "connector into the durable log     {}  in {commits} commits  = {:.0} % of the ceiling",
         rate(events, through),
         100.0 * ceiling.as_secs_f64() / through.as_secs_f64()
+    ));
+    out.line(&cpu_line(&cpu));
+    out.stage_with_cpu(
+        "end-to-end",
+        "connector into the durable log",
+        through,
+        serde_json::json!({"commits": commits}),
+        &cpu,
     );
-    println!("{}", cpu_since(&cpu, through));
 
-    // 3. An initial snapshot of EVENTS existing documents.
+    // 5. An initial snapshot of EVENTS existing documents.
     for i in 0..events {
         server.insert("shop.snap", order(i, stores));
     }
@@ -396,9 +519,15 @@ async fn main() {
     )
     .unwrap();
     let snapshot = drain(Box::new(source), "snap", &dyn_log, stores, events).await;
-    println!(
+    out.line(&format!(
         "snapshot into the durable log      {}",
         rate(events, snapshot)
+    ));
+    out.stage(
+        "snapshot",
+        "snapshot into the durable log",
+        snapshot,
+        serde_json::json!({}),
     );
     dyn_log.close().await;
 }
