@@ -1208,7 +1208,8 @@ async fn a_lone_transaction_reaches_the_log_without_waiting_for_the_next_one() {
 /// which of its connections are replication sessions (their startup packet asks for
 /// `replication`), counts the bytes Postgres sends on each, and can cut every connection at
 /// once, abortively (an RST both ways, no FIN: nothing is flushed or closed in order), and
-/// refuse new ones for a while. `common::Proxy` stands in front of Tidings' clients and cuts
+/// refuse new ones for a while; or stall every connection open at once: nothing more is
+/// passed on either way and nothing is closed, as when a NAT or firewall drops its state. `common::Proxy` stands in front of Tidings' clients and cuts
 /// on demand only; this one watches the Postgres side and cuts at a byte count, from inside
 /// the copy, so a cut lands in the middle of a transaction on the wire.
 struct PgProxy {
@@ -1227,6 +1228,10 @@ struct ProxyState {
     cut_at: AtomicU64,
     /// Bumped by each cut; every connection open at that moment is cut.
     cut: tokio::sync::watch::Sender<u64>,
+    /// Bumped by each stall; every connection open at that moment is stalled.
+    stall: tokio::sync::watch::Sender<u64>,
+    /// The sockets of stalled connections, kept open and never read again.
+    stalled: Mutex<Vec<tokio::net::TcpStream>>,
 }
 
 impl ProxyState {
@@ -1248,6 +1253,8 @@ impl PgProxy {
             replication: Mutex::new(Vec::new()),
             cut_at: AtomicU64::new(0),
             cut: tokio::sync::watch::channel(0).0,
+            stall: tokio::sync::watch::channel(0).0,
+            stalled: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -1265,22 +1272,30 @@ impl PgProxy {
 
     async fn pipe(mut inbound: tokio::net::TcpStream, target_port: u16, state: Arc<ProxyState>) {
         let mut cut = state.cut.subscribe();
+        let mut stall = state.stall.subscribe();
         let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
             return;
         };
         let mut outbound = Tap {
             inner: outbound,
-            state,
+            state: state.clone(),
             sniffed: Vec::new(),
             received: None,
         };
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        let stalled = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
             _ = cut.changed() => {
                 // Both sockets drop here, reset rather than closed.
                 let _ = inbound.set_zero_linger();
                 let _ = outbound.inner.set_zero_linger();
+                false
             }
+            _ = stall.changed() => true,
+        };
+        if stalled {
+            let mut held = state.stalled.lock().unwrap();
+            held.push(inbound);
+            held.push(outbound.inner);
         }
     }
 
@@ -1304,6 +1319,11 @@ impl PgProxy {
     /// Cut every connection now, and refuse new ones until [`PgProxy::refuse`]`(false)`.
     fn cut_now(&self) {
         self.state.cut();
+    }
+
+    /// Stall every connection open now; new ones go through as before.
+    fn stall(&self) {
+        self.state.stall.send_modify(|n| *n += 1);
     }
 
     fn cuts(&self) -> u64 {
@@ -1525,6 +1545,91 @@ fn assert_delivered_exactly_once(frames: &[Value], n: u64, committed: (i64, i64)
         "the rows committed"
     );
     assert_eq!(message_ids.len() as u64, n, "message ids are unique");
+}
+
+/// A connection that goes silent without being closed (a NAT or firewall that dropped its
+/// state, a frozen host): nothing resets it, only its silence shows it is dead. Postgres sends
+/// a keepalive every `wal_sender_timeout / 2` on an idle replication session, so an idle
+/// session longer than `network_timeout` is left alone; once every connection through the
+/// proxy stalls, the connector gives up on its replication session after `network_timeout`,
+/// reconnects and resumes from its checkpoint, and its SQL sessions (lag, clean-up) give up
+/// and reconnect likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_gone_silent_is_replaced_and_the_stream_goes_on() {
+    let pg = Cluster::start_with("wal_sender_timeout = 2s");
+    pg.migrate().await;
+    let proxy = PgProxy::start(pg.port).await;
+    let t = InProcess::start_named("silent", &pg, |c| {
+        c.url = ConnectionUrl::new(proxy.url());
+        c.network_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let admin = pg.sql().await;
+    let outbox_rows = || async {
+        admin
+            .query_one("SELECT count(*) FROM tidings.outbox", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    write_txns(&pg.url(), "silent:1", 0, 1, 1).await;
+    expect_messages(&t.http(), "silent:1", 1).await;
+    assert_eq!(proxy.replication_bytes().len(), 1);
+
+    // Idle for twice network_timeout: the keepalives keep the healthy session.
+    let before = proxy.replication_bytes()[0];
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sessions = proxy.replication_bytes();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "an idle but healthy replication session was replaced"
+    );
+    assert!(
+        sessions[0] > before,
+        "Postgres sent nothing on an idle session in 6 s: no keepalives ({sessions:?})"
+    );
+    let deadline = Instant::now() + CATCH_UP;
+    while outbox_rows().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first row was never cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every connection open through the proxy stalls; a row is written straight to Postgres.
+    proxy.stall();
+    write_txns(&pg.url(), "silent:1", 1, 1, 1).await;
+    let status = wait_for_status(&t.http(), "silent", |s| {
+        s["reconnects"].as_u64() >= Some(1) && s["state"] == "running"
+    })
+    .await;
+    // The replication session's silence, or (on the restart that follows) the stalled SQL
+    // session of the channel tracker, whichever failed last.
+    let message = status["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        (message.contains("sent nothing") && message.contains("keepalive"))
+            || message.contains("did not answer within 3s (network_timeout)"),
+        "the reconnect was not for silence: {status}"
+    );
+    let items = expect_messages(&t.http(), "silent:1", 2).await;
+    assert_exactly_once_in_order(&items, 2, 1);
+    assert!(
+        proxy.replication_bytes().len() >= 2,
+        "the row came without a new replication session"
+    );
+    // The clean-up's session stalled too; it is replaced and deletes the second row.
+    let deadline = Instant::now() + CATCH_UP;
+    while outbox_rows().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "outbox clean-up never recovered from its stalled session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.server.shutdown();
+    t.server.wait().await;
 }
 
 /// A network cut in the middle of a large transaction, twice: first while its first bytes

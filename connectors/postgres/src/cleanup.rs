@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::connection::Settings;
-use crate::slot::describe;
+use crate::connection::{answered, within, Settings};
 
 /// Most row ids waiting to be deleted.
 pub const MAX_PENDING: usize = 1_000_000;
@@ -27,14 +26,23 @@ pub struct Cleanup {
 }
 
 impl Cleanup {
-    /// Start deleting from `table` (schema, table; validated identifiers).
-    pub fn spawn(settings: Settings, table: (&str, &str), batch: usize, pause: Duration) -> Self {
+    /// Delete the rows queued by [`Cleanup::durable`] from `table` (schema, table; validated
+    /// identifiers), at most `batch` per
+    /// statement with `pause` between statements; a session that does not answer within
+    /// `limit` is replaced.
+    pub fn spawn(
+        settings: Settings,
+        table: (&str, &str),
+        batch: usize,
+        pause: Duration,
+        limit: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let sql = format!(
             "DELETE FROM \"{}\".\"{}\" WHERE id = ANY($1)",
             table.0, table.1
         );
-        tokio::spawn(run(settings, sql, batch, pause, rx));
+        tokio::spawn(run(settings, sql, batch, pause, limit, rx));
         Cleanup { tx }
     }
 
@@ -58,6 +66,7 @@ async fn run(
     sql: String,
     batch: usize,
     pause: Duration,
+    limit: Duration,
     mut rx: mpsc::Receiver<Vec<i64>>,
 ) {
     let mut pending: Vec<i64> = Vec::new();
@@ -90,10 +99,10 @@ async fn run(
             );
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match settings.connect_sql().await {
+            match answered(within(limit, settings.connect_sql()).await) {
                 Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %describe(&e), retry_in = ?retry, "outbox clean-up cannot connect; will retry");
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?retry, "outbox clean-up cannot connect; will retry");
                     if !open {
                         return;
                     }
@@ -106,7 +115,7 @@ async fn run(
         let take = pending.len().min(batch);
         let ids: Vec<i64> = pending[..take].to_vec();
         let c = client.as_ref().expect("connected above");
-        match c.execute(sql.as_str(), &[&ids]).await {
+        match answered(within(limit, c.execute(sql.as_str(), &[&ids])).await) {
             Ok(deleted) => {
                 pending.drain(..take);
                 retry = Duration::from_millis(200);
@@ -115,8 +124,8 @@ async fn run(
                     tokio::time::sleep(pause).await;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %describe(&e), retry_in = ?retry, "outbox clean-up failed; will retry");
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?retry, "outbox clean-up failed; will retry");
                 client = None;
                 if !open {
                     return;

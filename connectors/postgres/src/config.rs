@@ -17,6 +17,8 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "tidings.outbox";
 pub const DEFAULT_MESSAGE_PREFIX: &str = "tidings";
 /// Default interval of standby status updates (as `pg_recvlogical`).
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default longest silence of a connection to Postgres before it is taken for dead.
+pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default most outbox rows held in memory from one transaction before they are handed on.
 pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 10_000;
 /// Default most published outbox rows deleted in one statement.
@@ -155,6 +157,13 @@ pub struct PostgresConfig {
     /// Interval of standby status updates (confirmations) to Postgres.
     #[serde(default = "default_status_interval", with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How long a connection to Postgres may stay silent before it is taken for dead and
+    /// replaced: the replication session (on which Postgres sends a keepalive every
+    /// `wal_sender_timeout / 2` while nothing else flows) and each SQL round trip (lag
+    /// readings, channel tracking, outbox clean-up). A connection that dies without a reset (a
+    /// NAT or firewall that dropped its state, a frozen host) would otherwise hang forever.
+    #[serde(default = "default_network_timeout", with = "humantime_serde")]
+    pub network_timeout: Duration,
     /// Memory budget: most rows of one transaction held before they are appended (a larger
     /// transaction is appended in parts; see docs/postgres.md).
     #[serde(default = "default_max_batch_messages")]
@@ -184,6 +193,9 @@ fn default_cleanup_interval() -> Duration {
 }
 fn default_status_interval() -> Duration {
     DEFAULT_STATUS_INTERVAL
+}
+fn default_network_timeout() -> Duration {
+    DEFAULT_NETWORK_TIMEOUT
 }
 fn default_max_batch_messages() -> usize {
     DEFAULT_MAX_BATCH_MESSAGES
@@ -227,6 +239,7 @@ impl PostgresConfig {
             cleanup_batch: DEFAULT_CLEANUP_BATCH,
             cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
             status_interval: DEFAULT_STATUS_INTERVAL,
+            network_timeout: DEFAULT_NETWORK_TIMEOUT,
             max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
         }
     }
@@ -296,6 +309,17 @@ impl PostgresConfig {
                     .into(),
             );
         }
+        if self.network_timeout < Duration::from_secs(1)
+            || self.network_timeout > Duration::from_secs(3600)
+        {
+            return bad(
+                "network_timeout",
+                format!(
+                    "is {:?}; it must be between 1s and 1h (the default, 60s, matches Postgres' own wal_receiver_timeout)",
+                    self.network_timeout
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -336,7 +360,10 @@ mod tests {
         let c = parse("url = \"postgres://u:p@localhost/db\"");
         assert_eq!(c.slot, "tidings");
         assert_eq!(c.outbox(), ("tidings", "outbox"));
+        assert_eq!(c.network_timeout, Duration::from_secs(60));
         c.validate().unwrap();
+        let c = parse("url = \"postgres://u:p@localhost/db\"\nnetwork_timeout = \"15s\"");
+        assert_eq!(c.network_timeout, Duration::from_secs(15));
         assert!(
             !format!("{c:?}").contains(":p@"),
             "the password never prints: {c:?}"
@@ -355,6 +382,11 @@ mod tests {
         c.max_batch_messages = 0;
         assert_eq!(c.validate().unwrap_err().field, "max_batch_messages");
         c.max_batch_messages = 1000;
+        c.network_timeout = Duration::from_millis(500);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "network_timeout");
+        assert!(e.problem.contains("between 1s and 1h"), "{e}");
+        c.network_timeout = DEFAULT_NETWORK_TIMEOUT;
         c.url = ConnectionUrl::new("postgres://h/db?sslmode=sometimes");
         let e = c.validate().unwrap_err();
         assert_eq!(e.field, "url");

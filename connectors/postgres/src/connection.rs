@@ -5,13 +5,51 @@
 //! tokio-postgres does not know `sslmode=verify-ca`/`verify-full`, so `sslmode` and
 //! `sslrootcert` are taken out of the URL here and applied to both sessions.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use pgwire_replication::{ReplicationConfig, TlsConfig};
 use tokio_postgres::config::Host;
 
 use crate::config::SslMode;
+
+/// An SQL round trip that got no answer within the connector's `network_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Postgres did not answer within {0:?} (network_timeout); the connection looks dead (a NAT or firewall that dropped it, a frozen host) and is replaced")]
+pub struct NoAnswer(pub Duration);
+
+impl NoAnswer {
+    /// As a retryable source error, saying what was being done.
+    pub fn doing(&self, doing: &str) -> tidings_connectors_core::SourceError {
+        tidings_connectors_core::SourceError::Transient {
+            what: format!("{doing}: {self}"),
+            source: None,
+        }
+    }
+}
+
+/// Wait at most `limit` for one SQL round trip `query`. A connection that died without a
+/// reset never answers, and tokio-postgres would wait for it forever; the caller drops the
+/// client on `Err` and connects again.
+pub async fn within<T>(
+    limit: Duration,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<Result<T, tokio_postgres::Error>, NoAnswer> {
+    tokio::time::timeout(limit, query)
+        .await
+        .map_err(|_| NoAnswer(limit))
+}
+
+/// A round trip's result, or what went wrong with it in words (for logs).
+pub fn answered<T>(
+    answer: Result<Result<T, tokio_postgres::Error>, NoAnswer>,
+) -> Result<T, String> {
+    answer
+        .map_err(|silent| silent.to_string())?
+        .map_err(|e| crate::slot::describe(&e))
+}
 
 /// Why a URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::Settings;
-use crate::slot::describe;
+use crate::connection::{answered, within, Settings};
 
 /// One reading of the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +68,14 @@ impl Drop for LagReader {
 }
 
 impl LagReader {
-    /// Read `slot` every `interval`, reporting to `status` and `observer` (as connector `name`).
+    /// Read `slot` every `interval`, reporting to `status` and `observer` (as connector `name`);
+    /// a session that does not answer within `limit` is replaced.
     pub fn spawn(
         name: String,
         settings: Settings,
         slot: String,
         interval: Duration,
+        limit: Duration,
         status: Arc<SlotStatus>,
         observer: Option<LagObserver>,
     ) -> Self {
@@ -88,28 +89,30 @@ impl LagReader {
                     .as_ref()
                     .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
                 {
-                    client = settings.connect_sql().await.ok();
+                    client = answered(within(limit, settings.connect_sql()).await).ok();
                 }
                 let Some(c) = client.as_ref() else {
                     status.set(None);
                     continue;
                 };
-                let reading = c
-                    .query_opt(
+                let reading = within(
+                    limit,
+                    c.query_opt(
                         "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint, \
                                 coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint \
                          FROM pg_replication_slots WHERE slot_name = $1",
                         &[&slot],
-                    )
-                    .await;
-                let lag = match reading {
+                    ),
+                )
+                .await;
+                let lag = match answered(reading) {
                     Ok(Some(row)) => Some(SlotLag {
                         lag_bytes: row.get::<_, i64>(0).max(0),
                         retained_bytes: row.get::<_, i64>(1).max(0),
                     }),
                     Ok(None) => None,
-                    Err(e) => {
-                        tracing::debug!(error = %describe(&e), "cannot read the slot's lag");
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read the slot's lag");
                         client = None;
                         None
                     }

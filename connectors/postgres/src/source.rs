@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
 use tidings_connectors_core::route::ChannelTemplate;
@@ -42,7 +42,7 @@ use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePositio
 use crate::capture::{self, Op, Table};
 use crate::cleanup::Cleanup;
 use crate::config::{OnPoison, OnSlotLost, PostgresConfig};
-use crate::connection::Settings;
+use crate::connection::{within, Settings};
 use crate::lag::{LagObserver, LagReader, SlotStatus};
 use crate::outbox::{self, OutboxColumns};
 use crate::pgoutput::{self, format_lsn, Lsn};
@@ -87,6 +87,14 @@ pub struct PostgresSource {
     status: Arc<SlotStatus>,
     lag_observer: Option<LagObserver>,
     lag: Option<LagReader>,
+    /// How often Postgres sends keepalives while it hears nothing from the connector (half
+    /// its `wal_sender_timeout`, read at each start); `None` when it sends none.
+    keepalive_every: Option<Duration>,
+    /// When the session last received anything.
+    last_heard: Instant,
+    /// When a position was last confirmed (the status update follows within
+    /// `status_interval`, and Postgres' keepalive clock starts again from it).
+    last_confirmed: Instant,
 }
 
 /// Complete transactions waiting to be handed out together.
@@ -151,7 +159,7 @@ impl PostgresSource {
         Ok(PostgresSource {
             template,
             control_channel: format!("postgres:{name}"),
-            tracker: Tracker::new(&name, settings.clone()),
+            tracker: Tracker::new(&name, settings.clone(), config.network_timeout),
             ready: None,
             pending_reset: None,
             resets: Vec::new(),
@@ -160,6 +168,9 @@ impl PostgresSource {
             status: Arc::new(SlotStatus::default()),
             lag_observer: None,
             lag: None,
+            keepalive_every: None,
+            last_heard: Instant::now(),
+            last_confirmed: Instant::now(),
             name,
             config,
             settings,
@@ -195,6 +206,7 @@ impl PostgresSource {
     fn confirm(&mut self, lsn: Lsn) {
         if lsn > self.confirmed {
             self.confirmed = lsn;
+            self.last_confirmed = Instant::now();
             if let Some(s) = &self.stream {
                 s.update_applied_lsn(PgLsn::from_u64(lsn));
             }
@@ -425,11 +437,43 @@ impl PostgresSource {
         }
     }
 
+    /// When the session's silence proves it dead: `network_timeout` after it last received
+    /// anything, and never before a keepalive was due. Postgres sends one once it has heard
+    /// nothing from the connector for half its `wal_sender_timeout`, and the connector is
+    /// quiet between confirmations, the last of which went out at most `status_interval`
+    /// after it was made. `None` without keepalives: then silence proves nothing.
+    fn silent_at(&self) -> Option<Instant> {
+        let keepalive_every = self.keepalive_every?;
+        let heard_from_us = self
+            .last_heard
+            .max(self.last_confirmed + self.config.status_interval);
+        let keepalive_due = heard_from_us + keepalive_every + Duration::from_secs(1);
+        Some((self.last_heard + self.config.network_timeout).max(keepalive_due))
+    }
+
+    /// The session received nothing for longer than a healthy one can be silent: drop it.
+    fn gone_silent(&mut self) -> SourceError {
+        if let Some(old) = self.stream.take() {
+            old.stop();
+        }
+        let silent_for = self.last_heard.elapsed();
+        tracing::warn!(source = %self.name, ?silent_for, "replication connection silent; reconnecting");
+        SourceError::Transient {
+            what: format!(
+                "Postgres sent nothing on the replication connection for {:.1?}, not even the keepalive it sends every {:?} (half its wal_sender_timeout): the connection looks dead (a NAT or firewall that dropped it, a frozen host); reconnecting",
+                silent_for,
+                self.keepalive_every.unwrap_or_default()
+            ),
+            source: None,
+        }
+    }
+
     /// Apply one replication event; whole transactions go to `ready`.
     async fn on_event(
         &mut self,
         received: Result<Option<ReplicationEvent>, PgWireError>,
     ) -> Result<(), SourceError> {
+        self.last_heard = Instant::now();
         let event = match received {
             Ok(Some(ev)) => ev,
             Ok(None) => {
@@ -554,6 +598,21 @@ impl PostgresSource {
     }
 }
 
+/// What ended a wait for the replication stream.
+enum Woke {
+    Received(Result<Option<ReplicationEvent>, PgWireError>),
+    IdleDue,
+    Silent,
+}
+
+/// Sleep until `at`; never wake without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn protocol(what: String) -> SourceError {
     SourceError::Transient {
         what: format!("unexpected replication data: {what}; reconnecting"),
@@ -632,9 +691,12 @@ impl Source for PostgresSource {
         self.pending_reset = None;
         self.idle = None;
         let from = from.as_ref().map(lsn_of).transpose()?;
-        let sql = self.settings.connect_sql().await.map_err(|e| {
-            slot::sql_error(&format!("cannot connect to {}", self.settings.display()), e)
-        })?;
+        let limit = self.config.network_timeout;
+        let doing = format!("cannot connect to {}", self.settings.display());
+        let sql = within(limit, self.settings.connect_sql())
+            .await
+            .map_err(|silent| silent.doing(&doing))?
+            .map_err(|e| slot::sql_error(&doing, e))?;
         let state = slot::prepare(
             &sql,
             &self.config.slot,
@@ -643,7 +705,26 @@ impl Source for PostgresSource {
             self.config.on_slot_lost == OnSlotLost::Recreate,
         )
         .await?;
+        let wal_sender_timeout = within(
+            limit,
+            sql.query_one(
+                "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                &[],
+            ),
+        )
+        .await
+        .map_err(|silent| silent.doing("cannot read wal_sender_timeout"))?
+        .map_err(|e| slot::sql_error("cannot read wal_sender_timeout", e))?
+        .get::<_, i64>(0);
         drop(sql);
+        self.keepalive_every =
+            (wal_sender_timeout > 0).then(|| Duration::from_millis(wal_sender_timeout as u64) / 2);
+        if self.keepalive_every.is_none() {
+            tracing::warn!(
+                source = %self.name,
+                "Postgres' wal_sender_timeout is 0, so it sends no keepalives: a replication connection that dies without a reset (a NAT or firewall that dropped it) is noticed only when TCP gives up, after many minutes; set wal_sender_timeout (the default is 60s)"
+            );
+        }
         self.tracker.check().await?;
         if let Some(loss) = state.lost {
             let channels = self.tracker.channels().await?;
@@ -675,7 +756,14 @@ impl Source for PostgresSource {
             .replication(&self.config.slot, &self.config.publication)
             .with_start_lsn(PgLsn::from_u64(from.unwrap_or(0)))
             .with_status_interval(self.config.status_interval)
-            .with_wakeup_interval(self.config.status_interval);
+            // With keepalives the connector stays quiet between confirmations, so that
+            // Postgres sends them (it does once it has heard nothing for half its
+            // wal_sender_timeout); without, it sends a status update whenever idle this long.
+            .with_wakeup_interval(if self.keepalive_every.is_some() {
+                limit
+            } else {
+                self.config.status_interval
+            });
         if self.durable > 0 {
             cfg = cfg.with_ack_lsn(PgLsn::from_u64(self.durable));
         }
@@ -694,12 +782,15 @@ impl Source for PostgresSource {
             )
         })?;
         self.stream = Some(stream);
+        self.last_heard = Instant::now();
+        self.last_confirmed = self.last_heard;
         if self.lag.is_none() {
             self.lag = Some(LagReader::spawn(
                 self.name.clone(),
                 self.settings.clone(),
                 self.config.slot.clone(),
                 self.config.status_interval,
+                self.config.network_timeout,
                 self.status.clone(),
                 self.lag_observer.clone(),
             ));
@@ -710,6 +801,7 @@ impl Source for PostgresSource {
                 self.config.outbox(),
                 self.config.cleanup_batch,
                 self.config.cleanup_interval,
+                self.config.network_timeout,
             ));
         }
         Ok(())
@@ -764,21 +856,24 @@ impl Source for PostgresSource {
                 }
             }
             let due = self.idle_due();
+            let silent_at = self.silent_at();
             let Some(stream) = self.stream.as_mut() else {
                 return Err(SourceError::Transient {
                     what: "the replication session is not started".into(),
                     source: None,
                 });
             };
-            let received = match due {
+            let woke = tokio::select! {
+                r = stream.recv() => Woke::Received(r),
                 // Wake up to hand out the idle position if nothing else comes first.
-                Some(due) => tokio::select! {
-                    r = stream.recv() => r,
-                    _ = tokio::time::sleep_until(due.into()) => continue,
-                },
-                None => stream.recv().await,
+                _ = sleep_until(due) => Woke::IdleDue,
+                _ = sleep_until(silent_at) => Woke::Silent,
             };
-            self.on_event(received).await?;
+            match woke {
+                Woke::Received(received) => self.on_event(received).await?,
+                Woke::IdleDue => continue,
+                Woke::Silent => return Err(self.gone_silent()),
+            }
         }
     }
 

@@ -9,11 +9,12 @@
 //! one `INSERT … ON CONFLICT DO NOTHING` round trip.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use tidings_connectors_core::{Publish, SourceError};
 use tokio_postgres::Client;
 
-use crate::connection::Settings;
+use crate::connection::{within, NoAnswer, Settings};
 use crate::slot::{describe, sql_error};
 
 /// An SQL error on the table: missing privileges get the exact GRANT.
@@ -37,24 +38,43 @@ pub struct Tracker {
     settings: Settings,
     client: Option<Client>,
     known: HashSet<String>,
+    /// Longest wait for an answer (`network_timeout`).
+    limit: Duration,
 }
 
 impl Tracker {
-    /// A tracker for the connector `name`; connects on first use.
-    pub fn new(name: &str, settings: Settings) -> Self {
+    /// A tracker for the connector `name`; connects on first use, and gives up on a round
+    /// trip unanswered after `limit`.
+    pub fn new(name: &str, settings: Settings, limit: Duration) -> Self {
         Tracker {
             name: name.to_owned(),
             settings,
             client: None,
             known: HashSet::new(),
+            limit,
         }
+    }
+
+    /// The answer of one round trip (see [`within`]): the session is dropped unless it
+    /// succeeded, and no answer in time is a retryable error saying what was being done.
+    fn settle<T>(
+        &mut self,
+        doing: &str,
+        answer: Result<Result<T, tokio_postgres::Error>, NoAnswer>,
+    ) -> Result<Result<T, tokio_postgres::Error>, SourceError> {
+        if !matches!(answer, Ok(Ok(_))) {
+            self.client = None;
+        }
+        answer.map_err(|silent| silent.doing(doing))
     }
 
     async fn client(&mut self) -> Result<&Client, SourceError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let c = self.settings.connect_sql().await.map_err(|e| {
-                sql_error(&format!("cannot connect to {}", self.settings.display()), e)
-            })?;
+            let doing = format!("cannot connect to {}", self.settings.display());
+            let c = within(self.limit, self.settings.connect_sql())
+                .await
+                .map_err(|silent| silent.doing(&doing))?
+                .map_err(|e| sql_error(&doing, e))?;
             self.client = Some(c);
         }
         Ok(self.client.as_ref().expect("connected above"))
@@ -62,15 +82,20 @@ impl Tracker {
 
     /// Check that the table exists (migration 2), so a missing one is found at start.
     pub async fn check(&mut self) -> Result<(), SourceError> {
-        let found = self
-            .client()
-            .await?
-            .query_one(
+        const DOING: &str = "cannot look up tidings.connector_channels";
+        let limit = self.limit;
+        let c = self.client().await?;
+        let answer = within(
+            limit,
+            c.query_one(
                 "SELECT to_regclass('tidings.connector_channels') IS NOT NULL",
                 &[],
-            )
-            .await
-            .map_err(|e| table_error("cannot look up tidings.connector_channels", e))?
+            ),
+        )
+        .await;
+        let found = self
+            .settle(DOING, answer)?
+            .map_err(|e| table_error(DOING, e))?
             .get::<_, bool>(0);
         if found {
             Ok(())
@@ -94,23 +119,20 @@ impl Tracker {
         }
         new.sort_unstable();
         new.dedup();
-        let name = self.name.clone();
-        let result = self
-            .client()
-            .await?
-            .execute(
+        const DOING: &str = "cannot record channels in tidings.connector_channels";
+        let (name, limit) = (self.name.clone(), self.limit);
+        let c = self.client().await?;
+        let answer = within(
+            limit,
+            c.execute(
                 "INSERT INTO tidings.connector_channels (connector, channel) \
                  SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
                 &[&name, &new],
-            )
-            .await;
-        if let Err(e) = result {
-            self.client = None;
-            return Err(table_error(
-                "cannot record channels in tidings.connector_channels",
-                e,
-            ));
-        }
+            ),
+        )
+        .await;
+        self.settle(DOING, answer)?
+            .map_err(|e| table_error(DOING, e))?;
         if self.known.len() + new.len() > MAX_KNOWN {
             self.known.clear();
         }
@@ -120,33 +142,42 @@ impl Tracker {
 
     /// The primary key columns of the table `oid`, in key order (empty without one).
     pub async fn primary_key(&mut self, oid: u32) -> Result<Vec<String>, SourceError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
+        const DOING: &str = "cannot look up a captured table's primary key";
+        let limit = self.limit;
+        let c = self.client().await?;
+        let answer = within(
+            limit,
+            c.query(
                 "SELECT a.attname::text FROM pg_index i \
                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                  WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n",
                 &[&oid],
-            )
-            .await
-            .map_err(|e| sql_error("cannot look up a captured table's primary key", e))?;
+            ),
+        )
+        .await;
+        let rows = self
+            .settle(DOING, answer)?
+            .map_err(|e| sql_error(DOING, e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Every channel recorded for this connector.
     pub async fn channels(&mut self) -> Result<Vec<String>, SourceError> {
-        let name = self.name.clone();
-        let rows = self
-            .client()
-            .await?
-            .query(
+        const DOING: &str = "cannot read tidings.connector_channels";
+        let (name, limit) = (self.name.clone(), self.limit);
+        let c = self.client().await?;
+        let answer = within(
+            limit,
+            c.query(
                 "SELECT channel FROM tidings.connector_channels WHERE connector = $1 ORDER BY channel",
                 &[&name],
-            )
-            .await
-            .map_err(|e| table_error("cannot read tidings.connector_channels", e))?;
+            ),
+        )
+        .await;
+        let rows = self
+            .settle(DOING, answer)?
+            .map_err(|e| table_error(DOING, e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
