@@ -357,6 +357,70 @@ async fn the_driver_resumes_by_itself_after_a_dropped_connection() {
     assert!(server.source_failures().lock().is_empty());
 }
 
+/// A change stream connection that goes silent without being closed (a frozen peer, a NAT
+/// that dropped its state): the driver sets no socket timeout and would wait forever, so the
+/// connector gives the `getMore` up after `max_await + network_timeout`, opens the change
+/// stream again from its checkpoint on a new connection, and the insert made meanwhile
+/// arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_connection_gone_silent_is_replaced() {
+    let mongo = Mongo::start_test_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = mongo.config("orders", "orders:{fullDocument.store}");
+    config.network_timeout = Duration::from_secs(1);
+    // Its own name: connector status is process-wide, and other tests run a "shop".
+    let server = serve(dir.path(), "silent", config).await;
+    mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
+    wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
+    let opened_before = mongo.ts().change_streams_opened().len();
+    mongo.ts().stall_next_get_more();
+    let stalled_at = std::time::Instant::now();
+    mongo.insert("orders", doc! {"_id": 2, "store": "n1"}).await;
+    let items = wait_for(&base(&server), "orders:n1", |m| m.len() == 2).await;
+    let took = stalled_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "delivered after {took:?}: the stalled getMore was not waited for"
+    );
+    let inserts = keys(&items, "insert");
+    assert!(
+        inserts.len() == 2 && inserts.values().all(|n| *n == 1),
+        "{inserts:?}"
+    );
+    let opened = mongo.ts().change_streams_opened();
+    assert_eq!(
+        opened.len(),
+        opened_before + 1,
+        "one new change stream: {opened:?}"
+    );
+    assert!(
+        opened.last().unwrap().contains_key("resumeAfter"),
+        "{opened:?}"
+    );
+    let status: Value = reqwest::Client::new()
+        .get(format!("{}/v1/connectors", base(&server)))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let silent = status["connectors"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == "silent"))
+        .unwrap_or_else(|| panic!("no connector silent in {status}"));
+    assert!(
+        silent["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not answer a getMore")),
+        "{silent}"
+    );
+    assert_eq!(silent["reconnects"], 1, "{silent}");
+    server.shutdown();
+    server.wait().await;
+}
+
 async fn history_lost_setup(policy: OnHistoryLost) -> (Mongo, tempfile::TempDir, Server) {
     let mongo = Mongo::start_test_server().await;
     let dir = tempfile::tempdir().unwrap();

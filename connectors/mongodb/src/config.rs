@@ -18,6 +18,9 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 4096;
 /// Default longest a `getMore` waits on the server for new events (`maxAwaitTimeMS`).
 pub const DEFAULT_MAX_AWAIT: Duration = Duration::from_millis(500);
+/// Default longest wait for a `getMore` beyond `max_await` before the connection is taken for
+/// dead.
+pub const DEFAULT_NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `full_document`: what update events carry as `fullDocument`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -205,6 +208,12 @@ pub struct MongoConfig {
     /// `maxAwaitTimeMS` of each `getMore`: the latency of noticing that a burst ended.
     #[serde(default = "default_max_await", with = "humantime_serde")]
     pub max_await: Duration,
+    /// How long a `getMore` may go unanswered beyond `max_await` before its connection is
+    /// taken for dead and the change stream is opened again from the checkpoint. A connection
+    /// that dies without a reset (a NAT or firewall that dropped its state, a frozen host)
+    /// would otherwise hang the stream forever: the driver sets no socket timeout.
+    #[serde(default = "default_network_timeout", with = "humantime_serde")]
+    pub network_timeout: Duration,
     /// Most events appended in one batch (transactions are never split).
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
@@ -218,6 +227,9 @@ fn default_checkpoint_interval() -> Duration {
 }
 fn default_max_await() -> Duration {
     DEFAULT_MAX_AWAIT
+}
+fn default_network_timeout() -> Duration {
+    DEFAULT_NETWORK_TIMEOUT
 }
 fn default_max_batch_events() -> usize {
     DEFAULT_MAX_BATCH_EVENTS
@@ -287,6 +299,7 @@ impl MongoConfig {
             on_poison: OnPoison::default(),
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             max_await: DEFAULT_MAX_AWAIT,
+            network_timeout: DEFAULT_NETWORK_TIMEOUT,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
         }
     }
@@ -423,6 +436,11 @@ impl MongoConfig {
         if self.max_await.is_zero() || self.max_await > Duration::from_secs(60) {
             return Err(problem("max_await", "must be between 1ms and 60s"));
         }
+        if self.network_timeout < Duration::from_secs(1)
+            || self.network_timeout > Duration::from_secs(3600)
+        {
+            return Err(problem("network_timeout", "must be between 1s and 1h"));
+        }
         Ok(())
     }
 }
@@ -493,6 +511,13 @@ mod tests {
             "field routing cannot route snapshots"
         );
         assert_eq!(field("uri = \"mongodb://h\"\ncollection = \"a.b\"\npipeline = [{ \"$match\" = {}, \"$set\" = {} }]"), "pipeline[0]");
+        assert_eq!(
+            field("uri = \"mongodb://h\"\ncollection = \"a.b\"\nchannel = \"s\"\nnetwork_timeout = \"100ms\""),
+            "network_timeout"
+        );
+        let ok = parse("uri = \"mongodb://h\"\ncollection = \"a.b\"\nchannel = \"s\"");
+        assert_eq!(ok.network_timeout, Duration::from_secs(60));
+        ok.validate().unwrap();
         assert!(
             toml::from_str::<MongoConfig>("uri = \"mongodb://h\"\ncolection = \"a.b\"")
                 .unwrap_err()

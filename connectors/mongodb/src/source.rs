@@ -79,6 +79,8 @@ enum Item {
     /// The cursor closed (after an invalidate).
     Closed,
     Failed(MongoError),
+    /// A `getMore` went unanswered this long: the connection looks dead.
+    Stalled(Duration),
 }
 
 struct Reader {
@@ -93,20 +95,25 @@ impl Drop for Reader {
     }
 }
 
+/// Read `stream` into `tx` until it closes or fails. A `getMore` unanswered for `limit` ends
+/// it too: that is the one wait cut short, and the stream is given up whole (the source opens
+/// a new one from its checkpoint), so no batch the server sent can be lost in between.
 async fn read(
     mut stream: ChangeStream<RawDocumentBuf>,
     tx: mpsc::Sender<Item>,
     router: Router,
     name: String,
+    limit: Duration,
 ) {
     loop {
-        let item = match stream.next_if_any().await {
-            Ok(Some(ev)) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
-            Ok(None) if !stream.is_alive() => Item::Closed,
-            Ok(None) => Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok())),
-            Err(e) => Item::Failed(e),
+        let item = match tokio::time::timeout(limit, stream.next_if_any()).await {
+            Ok(Ok(Some(ev))) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
+            Ok(Ok(None)) if !stream.is_alive() => Item::Closed,
+            Ok(Ok(None)) => Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok())),
+            Ok(Err(e)) => Item::Failed(e),
+            Err(_) => Item::Stalled(limit),
         };
-        let last = matches!(item, Item::Closed | Item::Failed(_));
+        let last = matches!(item, Item::Closed | Item::Failed(_) | Item::Stalled(_));
         if tx.send(item).await.is_err() || last {
             return;
         }
@@ -358,7 +365,14 @@ impl MongoSource {
             },
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(read(stream, tx, self.router.clone(), self.name.clone()));
+        let limit = self.config.max_await + self.config.network_timeout;
+        let task = tokio::spawn(read(
+            stream,
+            tx,
+            self.router.clone(),
+            self.name.clone(),
+            limit,
+        ));
         self.reader = Some(Reader { rx, task });
         self.mode = Mode::Streaming;
         tracing::info!(source = %self.name, from = ?from.map(Position::describe), "change stream open");
@@ -801,6 +815,16 @@ impl MongoSource {
                         });
                     }
                 },
+                Item::Stalled(limit) => {
+                    self.reader = None;
+                    return Err(SourceError::Transient {
+                        what: format!(
+                            "connector {}: MongoDB did not answer a getMore within {limit:?} (max_await + network_timeout): the connection looks dead (a NAT or firewall that dropped it, a frozen host); opening the change stream again from the checkpoint",
+                            self.name
+                        ),
+                        source: None,
+                    });
+                }
                 Item::Failed(e) => match self.classify(e, "read the change stream") {
                     OpenError::Other(e) => return Err(e),
                     OpenError::HistoryLost(e) => {

@@ -206,6 +206,13 @@ impl MongoTestServer {
         self.shared.state.lock().faults.drop_get_mores += 1;
     }
 
+    /// Never answer the next change stream `getMore`, and keep its connection open without
+    /// reading from it again: the connection went silent (a frozen peer, a NAT that dropped
+    /// its state). Other connections go on as before.
+    pub fn stall_next_get_more(&self) {
+        self.shared.state.lock().faults.stall_get_mores += 1;
+    }
+
     /// Answer the next change stream `getMore` with this error; `resumable` adds the
     /// `ResumableChangeStreamError` label (drivers resume on it), otherwise none.
     pub fn fail_next_get_more(&self, code: i32, code_name: &'static str, resumable: bool) {

@@ -41,6 +41,9 @@ pub enum Cursor {
 pub struct Faults {
     /// Close the connection instead of answering, this many times.
     pub drop_get_mores: u32,
+    /// Never answer and keep the connection open (nothing more is read from it either), this
+    /// many times: a peer that froze, or a NAT that dropped the connection's state.
+    pub stall_get_mores: u32,
     /// Answer with these errors, in order.
     pub fail_get_mores: VecDeque<CommandError>,
 }
@@ -455,6 +458,7 @@ async fn get_more(shared: &Shared, cmd: &Document) -> Result<Option<Document>, C
     let mut head = shared.head.subscribe();
     loop {
         head.mark_unchanged();
+        let mut stall = false;
         {
             let mut state = shared.state.lock();
             let not_found =
@@ -482,6 +486,11 @@ async fn get_more(shared: &Shared, cmd: &Document) -> Result<Option<Document>, C
                         batch,
                         None,
                     )));
+                }
+                Cursor::Change(_) if state.faults.stall_get_mores > 0 => {
+                    state.faults.stall_get_mores -= 1;
+                    state.cursors.insert(id, cursor);
+                    stall = true;
                 }
                 Cursor::Change(c) => {
                     if state.faults.drop_get_mores > 0 {
@@ -516,6 +525,10 @@ async fn get_more(shared: &Shared, cmd: &Document) -> Result<Option<Document>, C
                     state.cursors.insert(id, cursor);
                 }
             }
+        }
+        if stall {
+            // Hold the connection: no answer, and nothing more read from it.
+            return std::future::pending().await;
         }
         // Nothing yet: wait for a write or the deadline, then look again.
         let _ = tokio::time::timeout_at(deadline, head.changed()).await;
