@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{history, Process, KEY, WAIT};
+use common::{connector_status, history, Process, KEY, WAIT};
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 use tidings::config::Config;
@@ -397,19 +397,7 @@ async fn a_change_stream_connection_gone_silent_is_replaced() {
         opened.last().unwrap().contains_key("resumeAfter"),
         "{opened:?}"
     );
-    let status: Value = reqwest::Client::new()
-        .get(format!("{}/v1/connectors", base(&server)))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let silent = status["connectors"]
-        .as_array()
-        .and_then(|all| all.iter().find(|c| c["name"] == "silent"))
-        .unwrap_or_else(|| panic!("no connector silent in {status}"));
+    let silent = connector_status(&base(&server), "silent").await;
     assert!(
         silent["last_error"]["message"]
             .as_str()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{history, KEY};
+use common::{connector_status, history, KEY};
 use serde_json::Value;
 use support::{Cluster, Tidings};
 use tidings::config::Config;
@@ -1209,9 +1209,10 @@ async fn a_lone_transaction_reaches_the_log_without_waiting_for_the_next_one() {
 /// `replication`), counts the bytes Postgres sends on each, and can cut every connection at
 /// once, abortively (an RST both ways, no FIN: nothing is flushed or closed in order), and
 /// refuse new ones for a while; or stall every connection open at once: nothing more is
-/// passed on either way and nothing is closed, as when a NAT or firewall drops its state. `common::Proxy` stands in front of Tidings' clients and cuts
-/// on demand only; this one watches the Postgres side and cuts at a byte count, from inside
-/// the copy, so a cut lands in the middle of a transaction on the wire.
+/// passed on either way and nothing is closed, as when a NAT or firewall drops its state.
+/// `common::Proxy` stands in front of Tidings' clients and cuts on demand only; this one
+/// watches the Postgres side and cuts at a byte count, from inside the copy, so a cut lands
+/// in the middle of a transaction on the wire.
 struct PgProxy {
     addr: std::net::SocketAddr,
     state: Arc<ProxyState>,
@@ -1428,26 +1429,6 @@ impl tokio::io::AsyncWrite for Tap {
     }
 }
 
-/// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
-async fn connector_status(base: &str, name: &str) -> Value {
-    let status: Value = reqwest::Client::new()
-        .get(format!("{base}/v1/connectors"))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["connectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no status for connector {name}: {status}"))
-}
-
 /// Poll connector `name`'s status until `ok` holds; returns it.
 async fn wait_for_status(base: &str, name: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + CATCH_UP;
@@ -1565,12 +1546,24 @@ async fn a_connection_gone_silent_is_replaced_and_the_stream_goes_on() {
     })
     .await;
     let admin = pg.sql().await;
-    let outbox_rows = || async {
-        admin
-            .query_one("SELECT count(*) FROM tidings.outbox", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
+    // Wait until the clean-up has deleted every published row; `what` says why it would not.
+    let outbox_emptied = |what: &'static str| {
+        let admin = &admin;
+        async move {
+            let deadline = Instant::now() + CATCH_UP;
+            loop {
+                let rows: i64 = admin
+                    .query_one("SELECT count(*) FROM tidings.outbox", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                if rows == 0 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     };
     write_txns(&pg.url(), "silent:1", 0, 1, 1).await;
     expect_messages(&t.http(), "silent:1", 1).await;
@@ -1589,14 +1582,7 @@ async fn a_connection_gone_silent_is_replaced_and_the_stream_goes_on() {
         sessions[0] > before,
         "Postgres sent nothing on an idle session in 6 s: no keepalives ({sessions:?})"
     );
-    let deadline = Instant::now() + CATCH_UP;
-    while outbox_rows().await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first row was never cleaned up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    outbox_emptied("the first row was never cleaned up").await;
 
     // Every connection open through the proxy stalls; a row is written straight to Postgres.
     proxy.stall();
@@ -1620,14 +1606,7 @@ async fn a_connection_gone_silent_is_replaced_and_the_stream_goes_on() {
         "the row came without a new replication session"
     );
     // The clean-up's session stalled too; it is replaced and deletes the second row.
-    let deadline = Instant::now() + CATCH_UP;
-    while outbox_rows().await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "outbox clean-up never recovered from its stalled session"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    outbox_emptied("outbox clean-up never recovered from its stalled session").await;
     t.server.shutdown();
     t.server.wait().await;
 }

@@ -21,6 +21,26 @@ pub const KEY: &str = "test:test-secret-1";
 /// How long any single expectation may wait before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
+pub async fn connector_status(base: &str, name: &str) -> Value {
+    let status: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/connectors"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for connector {name}: {status}"))
+}
+
 /// A server running in this process on a temporary data directory.
 pub struct TestServer {
     pub server: Server,
