@@ -105,13 +105,25 @@ async fn read(
     name: String,
     limit: Duration,
 ) {
+    // One timer for the whole stream, its deadline moved before each call: most calls return
+    // an event of the batch in hand without waiting, and never register it.
+    let stalled = tokio::time::sleep(limit);
+    tokio::pin!(stalled);
     loop {
-        let item = match tokio::time::timeout(limit, stream.next_if_any()).await {
-            Ok(Ok(Some(ev))) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
-            Ok(Ok(None)) if !stream.is_alive() => Item::Closed,
-            Ok(Ok(None)) => Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok())),
-            Ok(Err(e)) => Item::Failed(e),
-            Err(_) => Item::Stalled(limit),
+        stalled.as_mut().reset(tokio::time::Instant::now() + limit);
+        let next = tokio::select! {
+            biased;
+            next = stream.next_if_any() => Some(next),
+            () = &mut stalled => None,
+        };
+        let item = match next {
+            Some(Ok(Some(ev))) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
+            Some(Ok(None)) if !stream.is_alive() => Item::Closed,
+            Some(Ok(None)) => {
+                Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok()))
+            }
+            Some(Err(e)) => Item::Failed(e),
+            None => Item::Stalled(limit),
         };
         let last = matches!(item, Item::Closed | Item::Failed(_) | Item::Stalled(_));
         if tx.send(item).await.is_err() || last {
