@@ -221,7 +221,7 @@ mod tests {
             serial: 7,
             id: None,
             name: Some("created".into()),
-            data: Some(json!({"id": 1})),
+            data: Some(serde_json::value::to_raw_value(&json!({"id": 1})).unwrap()),
             headers: None,
             timestamp: 0,
         };

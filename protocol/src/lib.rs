@@ -3,6 +3,7 @@
 //! `docs/protocol.md` is the prose description of the same protocol; the two are kept in step.
 //! Frames are JSON objects with a `type` field. Everything here is plain data: no I/O.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -232,6 +233,7 @@ pub enum ServerFrame {
     /// A channel is detached; no more messages for it follow.
     Detached { channel: String },
     /// One message on an attached channel.
+    #[serde(deserialize_with = "buffered_message")]
     Message(MessageFrame),
     /// A publish is durable.
     Ack {
@@ -262,16 +264,66 @@ pub enum ServerFrame {
 }
 
 /// A delivered message, as on the wire (`type: "message"`). History items have the same fields.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+///
+/// `data` and `headers` are kept as the JSON text the server sent, not parsed into a tree:
+/// most receivers either hand them on or want their own types, and building a
+/// `serde_json::Value` for every message costs more than the rest of receiving it. Read them
+/// with [`MessageFrame::data_as`] and [`MessageFrame::headers_as`] (into `serde_json::Value`,
+/// or straight into an application type), or take the text with `RawValue::get`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MessageFrame {
     pub channel: String,
     pub serial: u64,
     pub id: Option<String>,
     pub name: Option<String>,
-    pub data: Option<serde_json::Value>,
-    pub headers: Option<serde_json::Value>,
+    pub data: Option<Box<RawValue>>,
+    pub headers: Option<Box<RawValue>>,
     /// Milliseconds since the Unix epoch at which the message was appended.
     pub timestamp: u64,
+}
+
+impl MessageFrame {
+    /// The data parsed as `T` (JSON `null` when the message has none, so `Option<T>` reads a
+    /// message without data as `None`).
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        parse_raw(&self.data)
+    }
+
+    /// The headers parsed as `T` (JSON `null` when the message has none).
+    pub fn headers_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        parse_raw(&self.headers)
+    }
+}
+
+/// Equal when every field is, `data` and `headers` compared as the JSON text they hold.
+impl PartialEq for MessageFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.channel == other.channel
+            && self.serial == other.serial
+            && self.id == other.id
+            && self.name == other.name
+            && raw_text(&self.data) == raw_text(&other.data)
+            && raw_text(&self.headers) == raw_text(&other.headers)
+            && self.timestamp == other.timestamp
+    }
+}
+
+/// A message read through [`ServerFrame`]: serde buffers the fields of an internally tagged
+/// enum, and a `RawValue` cannot be read from that buffer, so the message goes through a
+/// `serde_json::Value` (its `data` and `headers` come out as the same JSON, compact, with object
+/// keys in the order `serde_json::Map` keeps: sorted unless `preserve_order` is on). Readers
+/// that expect messages parse [`MessageFrame`] directly and keep the text as sent.
+fn buffered_message<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MessageFrame, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    serde_json::from_value(value).map_err(serde::de::Error::custom)
+}
+
+fn parse_raw<T: DeserializeOwned>(raw: &Option<Box<RawValue>>) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.as_deref().map_or("null", RawValue::get))
+}
+
+fn raw_text(raw: &Option<Box<RawValue>>) -> Option<&str> {
+    raw.as_deref().map(RawValue::get)
 }
 
 /// Body of an `error` frame and of every REST error (`{"error": ErrorBody}`).
@@ -379,15 +431,39 @@ pub struct HistoryPage {
     pub next: Option<u64>,
 }
 
-/// One message of a history page.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// One message of a history page; `data` and `headers` as JSON text, as in [`MessageFrame`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HistoryItem {
     pub serial: u64,
     pub id: Option<String>,
     pub name: Option<String>,
-    pub data: Option<serde_json::Value>,
-    pub headers: Option<serde_json::Value>,
+    pub data: Option<Box<RawValue>>,
+    pub headers: Option<Box<RawValue>>,
     pub timestamp: u64,
+}
+
+impl HistoryItem {
+    /// The data parsed as `T` (JSON `null` when the message has none).
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        parse_raw(&self.data)
+    }
+
+    /// The headers parsed as `T` (JSON `null` when the message has none).
+    pub fn headers_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        parse_raw(&self.headers)
+    }
+}
+
+/// Equal when every field is, `data` and `headers` compared as the JSON text they hold.
+impl PartialEq for HistoryItem {
+    fn eq(&self, other: &Self) -> bool {
+        self.serial == other.serial
+            && self.id == other.id
+            && self.name == other.name
+            && raw_text(&self.data) == raw_text(&other.data)
+            && raw_text(&self.headers) == raw_text(&other.headers)
+            && self.timestamp == other.timestamp
+    }
 }
 
 #[cfg(test)]
@@ -489,5 +565,55 @@ mod tests {
         let s = serde_json::to_string(&f).unwrap();
         assert!(s.contains(r#""reason":"history_expired""#), "{s}");
         assert_eq!(serde_json::from_str::<ServerFrame>(&s).unwrap(), f);
+    }
+
+    #[test]
+    fn message_data_stays_json_text_and_parses_on_demand() {
+        let text = r#"{"type":"message","channel":"c","serial":4,"id":null,"name":"n","data":{"b":[1,2.5],"a":"x"},"headers":{"h":"v"},"timestamp":9}"#;
+        // Read as a message (its `type` field ignored), the data is kept byte for byte, key
+        // order included.
+        let m: MessageFrame = serde_json::from_str(text).unwrap();
+        assert_eq!(m.data.as_deref().unwrap().get(), r#"{"b":[1,2.5],"a":"x"}"#);
+        let data: serde_json::Value = m.data_as().unwrap();
+        assert_eq!(data, serde_json::json!({"a": "x", "b": [1, 2.5]}));
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct Headers {
+            h: String,
+        }
+        assert_eq!(
+            m.headers_as::<Headers>().unwrap(),
+            Headers { h: "v".into() }
+        );
+        assert!(m.data_as::<u64>().is_err());
+        // No data reads as JSON null.
+        let bare: MessageFrame = serde_json::from_str(
+            r#"{"channel":"c","serial":5,"id":null,"name":"n","data":null,"headers":null,"timestamp":9}"#,
+        )
+        .unwrap();
+        assert_eq!(bare.data_as::<Option<u64>>().unwrap(), None);
+        // Through the frame enum too: the same JSON, compact.
+        let ServerFrame::Message(through) = serde_json::from_str::<ServerFrame>(
+            &serde_json::to_string(&ServerFrame::Message(m.clone())).unwrap(),
+        )
+        .unwrap() else {
+            panic!("not a message");
+        };
+        assert_eq!(through.data_as::<serde_json::Value>().unwrap(), data);
+        assert_eq!(
+            (through.serial, through.headers_as::<Headers>().unwrap().h),
+            (4, "v".to_owned())
+        );
+        // Serialised again, the frame carries the same text; equality compares it.
+        let again: MessageFrame =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+        assert_ne!(
+            again,
+            MessageFrame {
+                serial: 6,
+                ..m.clone()
+            }
+        );
+        assert_ne!(bare, MessageFrame { serial: 5, ..m });
     }
 }

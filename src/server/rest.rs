@@ -139,12 +139,8 @@ pub(super) async fn history(
             serial: m.serial,
             id: m.id,
             name: m.name,
-            data: m
-                .data
-                .map(|d| serde_json::from_str(d.get()).unwrap_or_default()),
-            headers: m
-                .headers
-                .map(|h| serde_json::from_str(h.get()).unwrap_or_default()),
+            data: m.data,
+            headers: m.headers,
             timestamp: m.timestamp,
         })
         .collect();

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tidings_protocol::{ContinuityLost, MessageFrame, Position};
@@ -253,7 +254,13 @@ impl Attachments {
     /// A message arrived. Dropped when its serial is not above the last one delivered, or when
     /// its channel is not attached (any more).
     pub fn on_message(&mut self, message: MessageFrame) {
-        let Some(a) = self.map.get_mut(&message.channel) else {
+        // The name borrowed from the map, so the usual delivery copies nothing.
+        let only = message.channel.as_str();
+        let Some((channel, a)) = self
+            .map
+            .range_mut::<str, _>((Bound::Included(only), Bound::Included(only)))
+            .next()
+        else {
             return;
         };
         let Some(position) = a.position.as_mut() else {
@@ -265,9 +272,13 @@ impl Attachments {
         }
         position.serial = message.serial;
         Counters::add(&self.counters.messages_delivered, 1);
-        let channel = message.channel.clone();
         push(a, Item::Event(Event::Message(message)));
-        self.note(&channel);
+        if !a.backlog.is_empty() && !self.backlogged.contains(channel) {
+            self.backlogged.insert(channel.clone());
+        }
+        if a.gone && !self.gone.contains(channel) {
+            self.gone.insert(channel.clone());
+        }
     }
 
     /// The server refused or dropped `channel`: the application's `attach` fails, or the
@@ -422,7 +433,7 @@ mod tests {
             serial,
             id: None,
             name: None,
-            data: Some(serde_json::json!(serial)),
+            data: Some(serde_json::value::to_raw_value(&serial).unwrap()),
             headers: None,
             timestamp: 0,
         }

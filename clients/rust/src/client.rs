@@ -43,7 +43,8 @@ const COMMAND_QUEUE: usize = 1024;
 /// let mut orders = client.attach("orders:42", Start::Now).await?;
 /// while let Some(event) = orders.next().await {
 ///     match event? {
-///         Event::Message(m) => println!("{} {:?}", m.serial, m.data),
+///         // `data` is the JSON text as sent: `data_as` parses it (into your own type too).
+///         Event::Message(m) => println!("{} {:?}", m.serial, m.data_as::<serde_json::Value>()),
 ///         Event::ContinuityLost { reason, .. } => println!("missed messages ({reason:?}): reload"),
 ///         _ => {}
 ///     }

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{client, messages, next_event, publish, Proxy, TestServer};
 use tidings::channel::ChannelName;
 use tidings_client::{ContinuityLost, Event, Position, Start, Transport};
@@ -105,7 +105,7 @@ async fn a_wiped_server_is_reported_after_a_reconnect() {
     }
     publish(&http, &b.http(), "w", &[json!("new")]).await;
     let m = messages(&mut sub, 1).await;
-    assert_eq!(m[0].data, Some(json!("new")));
+    assert_eq!(m[0].data_as::<Value>().unwrap(), json!("new"));
     c.close().await;
 }
 
@@ -138,7 +138,7 @@ async fn reset_while_attached(transport: Transport) {
         other => panic!("{transport}: expected continuity lost, got {other:?}"),
     }
     publish(&http, &t.http(), "r", &[json!(2)]).await;
-    assert_eq!(messages(&mut sub, 1).await[0].data, Some(json!(2)));
+    assert_eq!(messages(&mut sub, 1).await[0].data_as::<u64>().unwrap(), 2);
     c.close().await;
 }
 

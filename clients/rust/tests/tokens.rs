@@ -77,10 +77,7 @@ async fn across_expiries(transport: Transport, honest: bool, run: Duration) -> (
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = messages(&mut sub, sent as usize).await;
-    let data: Vec<u64> = got
-        .iter()
-        .map(|m| m.data.clone().unwrap().as_u64().unwrap())
-        .collect();
+    let data: Vec<u64> = got.iter().map(|m| m.data_as::<u64>().unwrap()).collect();
     assert_eq!(
         data,
         (0..sent).collect::<Vec<_>>(),
