@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use serde_json::value::{to_raw_value, RawValue};
+use serde_json::value::to_raw_value;
 use tidings_connectors_core::{Checkpoint, Publish, Source, SourceError, SourcePosition};
 use tokio_util::sync::CancellationToken;
 
@@ -212,8 +212,8 @@ impl SourceStatus {
     }
 }
 
-/// Why a change was refused.
-fn check(p: &Publish, max_bytes: usize) -> Result<NewMessage, String> {
+/// Why a change was refused; its channel when it is accepted.
+fn check(p: &Publish, max_bytes: usize) -> Result<ChannelName, String> {
     let channel = ChannelName::parse(&p.channel)
         .map_err(|e| format!("invalid channel {:?}: {e}", p.channel))?;
     if p.name.is_none() && p.data.is_none() {
@@ -225,32 +225,20 @@ fn check(p: &Publish, max_bytes: usize) -> Result<NewMessage, String> {
         }
     }
     if let Some(h) = &p.headers {
-        if !h.is_object() {
+        if !h.get().trim_start().starts_with('{') {
             return Err("headers must be a JSON object".into());
         }
     }
-    let raw = |v: &Option<serde_json::Value>| -> Result<Option<Box<RawValue>>, String> {
-        v.as_ref()
-            .map(|v| to_raw_value(v).map_err(|e| format!("cannot encode: {e}")))
-            .transpose()
-    };
-    let (data, headers) = (raw(&p.data)?, raw(&p.headers)?);
     let size = p.id.as_ref().map_or(0, String::len)
         + p.name.as_ref().map_or(0, String::len)
-        + data.as_ref().map_or(0, |d| d.get().len())
-        + headers.as_ref().map_or(0, |h| h.get().len());
+        + p.data.as_ref().map_or(0, |d| d.get().len())
+        + p.headers.as_ref().map_or(0, |h| h.get().len());
     if size > max_bytes {
         return Err(format!(
             "the message is {size} bytes; the limit is {max_bytes}"
         ));
     }
-    Ok(NewMessage {
-        channel,
-        id: p.id.clone(),
-        name: p.name.clone(),
-        data,
-        headers,
-    })
+    Ok(channel)
 }
 
 /// Turn a batch into log messages, applying the poison policy. `Err` stops the source.
@@ -262,12 +250,19 @@ fn prepare(
     let mut out = Vec::with_capacity(batch.len());
     for (index, p) in batch.into_iter().enumerate() {
         match check(&p, opts.max_message_bytes) {
-            Ok(m) => out.push(m),
+            // The connector's JSON text goes to the log as it is.
+            Ok(channel) => out.push(NewMessage {
+                channel,
+                id: p.id,
+                name: p.name,
+                data: p.data,
+                headers: p.headers,
+            }),
             Err(problem) => {
                 let key = p
                     .key
                     .as_ref()
-                    .map_or_else(|| "none".into(), |k| k.to_string());
+                    .map_or_else(|| "none".into(), |k| k.get().to_owned());
                 tracing::warn!(source = %opts.name, channel = %p.channel, %key, %problem, "poison change");
                 match &opts.poison {
                     PoisonPolicy::Stop => {
@@ -421,6 +416,8 @@ async fn run_once(
 mod tests {
     use super::*;
     use serde_json::json;
+    use serde_json::value::RawValue;
+    use tidings_connectors_core::json_text;
 
     fn opts(poison: PoisonPolicy) -> SourceOptions {
         SourceOptions {
@@ -435,11 +432,40 @@ mod tests {
         Publish {
             channel: channel.into(),
             name: None,
-            data: Some(data),
+            data: Some(json_text(&data)),
             headers: None,
             id: Some(format!("id-{channel}")),
-            key: Some(json!({"_id": channel})),
+            key: Some(json_text(&json!({"_id": channel}))),
         }
+    }
+
+    #[test]
+    fn json_text_goes_to_the_log_as_the_connector_wrote_it() {
+        let dlq = ChannelName::parse("dead:pg").unwrap();
+        let text = |t: &str| Some(RawValue::from_string(t.into()).unwrap());
+        let mut kept = publish("ok:1", json!(null));
+        kept.data = text(r#"{"total": 12.50}"#);
+        kept.headers = text(r#" {"v": 2}"#);
+        let mut array_headers = publish("ok:2", json!(1));
+        array_headers.headers = text("[1]");
+        let out = prepare(
+            &opts(PoisonPolicy::DeadLetter(dlq)),
+            vec![kept, array_headers],
+            &SourcePosition::PostgresLsn(7),
+        )
+        .unwrap();
+        assert_eq!(
+            out[0].data.as_deref().map(RawValue::get),
+            Some(r#"{"total": 12.50}"#)
+        );
+        assert_eq!(
+            out[0].headers.as_deref().map(RawValue::get),
+            Some(r#"{"v": 2}"#)
+        );
+        let dead: serde_json::Value =
+            serde_json::from_str(out[1].data.as_ref().unwrap().get()).unwrap();
+        assert_eq!(dead["error"], "headers must be a JSON object");
+        assert_eq!(dead["key"], json!({"_id": "ok:2"}));
     }
 
     #[test]

@@ -20,6 +20,11 @@ use tidings_connector_mongodb::{MongoConfig, MongoSource, MongoUri};
 use tidings_connectors_core::{Source, SourcePosition};
 use tidings_mongo_testserver::MongoTestServer;
 
+/// A message's payload (JSON text), parsed to look into.
+fn data_of(m: &tidings_connectors_core::Publish) -> Value {
+    serde_json::from_str(m.data.as_deref().unwrap().get()).unwrap()
+}
+
 /// A MongoDB deployment for one test, with a database of its own.
 struct Mongo {
     test: Option<MongoTestServer>,
@@ -792,7 +797,7 @@ async fn a_transaction_is_one_batch_even_past_the_batch_limit() {
         let ids: Vec<i64> = b
             .messages
             .iter()
-            .map(|m| m.data.as_ref().unwrap()["key"]["_id"].as_i64().unwrap())
+            .map(|m| data_of(m)["key"]["_id"].as_i64().unwrap())
             .collect();
         seen += ids.len();
         if !ids.is_empty() {
@@ -931,7 +936,7 @@ async fn a_resnapshot_resets_each_channel_once_before_its_first_document() {
     let ids = |b: &tidings_connectors_core::Batch| -> Vec<i64> {
         b.messages
             .iter()
-            .map(|m| m.data.as_ref().unwrap()["key"]["_id"].as_i64().unwrap())
+            .map(|m| data_of(m)["key"]["_id"].as_i64().unwrap())
             .collect()
     };
     let mut source = MongoSource::new("shop", config.clone(), "dead:shop", "mongodb:shop").unwrap();
@@ -1028,7 +1033,7 @@ async fn a_snapshot_pages_across_mixed_id_types() {
                 .unwrap()
                 .unwrap();
             for m in &b.messages {
-                seen.push(m.data.as_ref().unwrap()["key"]["_id"].to_string());
+                seen.push(data_of(m)["key"]["_id"].to_string());
             }
             source.committed(&b.position).await.unwrap();
             if let SourcePosition::MongoResumeToken(v) = &b.position {
@@ -1125,9 +1130,10 @@ async fn read_until(
             .await
             .expect("the marker arrives")
             .unwrap();
-        let done = b.messages.iter().any(|m| {
-            m.data.as_ref().unwrap()["key"]["_id"] == last && m.data.as_ref().unwrap()["op"] == op
-        });
+        let done = b
+            .messages
+            .iter()
+            .any(|m| data_of(m)["key"]["_id"] == last && data_of(m)["op"] == op);
         out.extend(b.messages);
         if done {
             return out;
@@ -1268,8 +1274,11 @@ async fn scopes_pipeline_routing_and_full_document_off() {
         (m[0].channel.as_str(), m[0].name.as_deref()),
         ("p:n2", Some("order.changed"))
     );
-    assert_eq!(m[0].headers, Some(serde_json::json!({"src": "pipeline"})));
-    let data = m[0].data.as_ref().unwrap();
+    assert_eq!(
+        m[0].headers.as_deref().map(|h| h.get()),
+        Some(r#"{"src":"pipeline"}"#)
+    );
+    let data = &data_of(&m[0]);
     assert_eq!(data["op"], "update");
     assert_eq!(data["updated_fields"], serde_json::json!({"qty": 3}));
     assert!(data.get("_channel").is_none());
@@ -1278,7 +1287,7 @@ async fn scopes_pipeline_routing_and_full_document_off() {
         .iter()
         .find(|m| m.name.as_deref() == Some("update"))
         .unwrap();
-    let data = update.data.as_ref().unwrap();
+    let data = &data_of(update);
     assert!(data["document"].is_null(), "full_document = off: {data}");
     assert_eq!(data["updated_fields"], serde_json::json!({"qty": 3}));
 }
@@ -1341,7 +1350,7 @@ async fn rename_and_drop_database_are_control_messages() {
         ],
         "{msgs:?}"
     );
-    let rename = msgs[0].data.as_ref().unwrap();
+    let rename = &data_of(&msgs[0]);
     assert_eq!(rename["to"]["coll"], "archive", "{rename}");
     assert_eq!(rename["ns"]["coll"], "orders");
     // The database stream saw the rename and goes on; dropping the database ends it.

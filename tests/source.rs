@@ -54,7 +54,9 @@ impl Source for Feed {
                     format!("feed:{}", k % 2)
                 },
                 name: Some("row".into()),
-                data: Some(json!({"tx": tx, "k": k})),
+                data: Some(tidings_connectors_core::json_text(
+                    &json!({"tx": tx, "k": k}),
+                )),
                 headers: None,
                 id: Some(format!("lsn-{tx}-{k}")),
                 key: None,

@@ -11,6 +11,7 @@
 pub mod route;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Where a source's change feed stands, typed per database. Stored by the log beside the
 /// messages it covers, and handed back to the connector on start.
@@ -33,24 +34,50 @@ pub struct Checkpoint {
 }
 
 /// One message a source wants on a channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The payload, headers and key are JSON text, as the log stores them: a connector that reads
+/// JSON text (Postgres) keeps it, one that reads another format (MongoDB's BSON) writes the text
+/// directly, and no one builds a [`serde_json::Value`] only for the server to serialise it again.
+/// Compared (`==`) by that text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publish {
     /// Channel name (validated by the server before append).
     pub channel: String,
     /// Event name, for example the outbox row's `name`.
     pub name: Option<String>,
-    /// Payload as JSON.
-    pub data: Option<serde_json::Value>,
-    /// Free-form headers as a JSON object.
-    pub headers: Option<serde_json::Value>,
+    /// Payload as JSON text.
+    pub data: Option<Box<RawValue>>,
+    /// Free-form headers, JSON text of an object (the server checks it is one).
+    pub headers: Option<Box<RawValue>>,
     /// Idempotency id. Sources derive it from the source position so that a replay after a
     /// crash deduplicates instead of appending twice.
     pub id: Option<String>,
     /// The changed record's key in the source (MongoDB's `documentKey` as relaxed Extended
-    /// JSON), when the source has one. Not part of the message: it names the record in the
+    /// JSON text), when the source has one. Not part of the message: it names the record in the
     /// dead-letter message when the change cannot be published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<serde_json::Value>,
+    pub key: Option<Box<RawValue>>,
+}
+
+impl PartialEq for Publish {
+    fn eq(&self, other: &Self) -> bool {
+        fn text(v: &Option<Box<RawValue>>) -> Option<&str> {
+            v.as_deref().map(RawValue::get)
+        }
+        self.channel == other.channel
+            && self.name == other.name
+            && text(&self.data) == text(&other.data)
+            && text(&self.headers) == text(&other.headers)
+            && self.id == other.id
+            && text(&self.key) == text(&other.key)
+    }
+}
+
+/// The JSON text of a value, for messages a connector builds as a [`serde_json::Value`]
+/// (control and dead-letter messages, tests).
+pub fn json_text(value: &serde_json::Value) -> Box<RawValue> {
+    // A `Value` always serialises: its map keys are strings and its numbers finite.
+    serde_json::value::to_raw_value(value).expect("a serde_json::Value serialises")
 }
 
 /// A batch of publishes from one source transaction, and the position after it.
@@ -113,5 +140,24 @@ mod tests {
         let s = serde_json::to_string(&p).unwrap();
         assert_eq!(s, r#"{"kind":"postgres_lsn","value":97500059720}"#);
         assert_eq!(serde_json::from_str::<SourcePosition>(&s).unwrap(), p);
+    }
+
+    #[test]
+    fn publishes_compare_and_serialise_by_their_json_text() {
+        let p = |data: &str| Publish {
+            channel: "c".into(),
+            name: None,
+            data: Some(RawValue::from_string(data.into()).unwrap()),
+            headers: None,
+            id: None,
+            key: Some(json_text(&serde_json::json!({"_id": 1}))),
+        };
+        assert_eq!(p(r#"{"a":1}"#), p(r#"{"a":1}"#));
+        // The same value in other words is another text.
+        assert_ne!(p(r#"{"a":1}"#), p(r#"{"a": 1}"#));
+        assert_eq!(
+            serde_json::to_string(&p(r#"{"a": 1}"#)).unwrap(),
+            r#"{"channel":"c","name":null,"data":{"a": 1},"headers":null,"id":null,"key":{"_id":1}}"#
+        );
     }
 }

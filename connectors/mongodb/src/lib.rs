@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod event;
+pub mod extjson;
 pub mod position;
 pub mod progress;
 pub mod source;

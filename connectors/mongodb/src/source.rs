@@ -437,7 +437,9 @@ impl MongoSource {
                     .to_string()
                     .as_bytes()])
             );
-            let message = self.router.control("resync", data, id);
+            let message =
+                self.router
+                    .control("resync", tidings_connectors_core::json_text(&data), id);
             self.pending.push_back(Ok(Batch {
                 messages: vec![message],
                 position: Position::Snapshot(progress.clone()).to_source(),

@@ -17,7 +17,7 @@
 
 use serde_json::{Map, Value as Json};
 use tidings_connectors_core::route::ChannelTemplate;
-use tidings_connectors_core::Publish;
+use tidings_connectors_core::{json_text, Publish};
 
 use crate::pgoutput::{format_lsn, Lsn, Relation, Tuple, Value};
 
@@ -197,7 +197,7 @@ pub fn change(
     Ok(Publish {
         channel,
         name: Some(op.as_str().into()),
-        data: Some(data),
+        data: Some(json_text(&data)),
         headers: None,
         id: Some(id),
         key: None,

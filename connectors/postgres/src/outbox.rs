@@ -6,6 +6,7 @@
 //! from the transaction's commit LSN and the row's place in it, so a replay after a crash
 //! deduplicates in the log.
 
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::Value as Json;
 use tidings_connectors_core::Publish;
 
@@ -61,9 +62,13 @@ pub fn row(cols: &OutboxColumns, tuple: &Tuple, id: String) -> Result<OutboxRow,
             Some(v) => v.as_text().map_err(|e| e.to_string()),
         }
     };
-    let json = |field: &str, i: Option<usize>| -> Result<Option<Json>, Poison> {
+    let json = |field: &str, i: Option<usize>| -> Result<Option<Box<RawValue>>, Poison> {
         text(i)?
-            .map(|t| serde_json::from_str(t).map_err(|e| format!("`{field}` is not JSON: {e}")))
+            .map(|t| {
+                RawValue::from_string(t.to_owned())
+                    .and_then(one_line)
+                    .map_err(|e| format!("`{field}` is not JSON: {e}"))
+            })
             .transpose()
     };
     let row_id = text(cols.id)?.and_then(|t| t.parse().ok());
@@ -81,14 +86,25 @@ pub fn row(cols: &OutboxColumns, tuple: &Tuple, id: String) -> Result<OutboxRow,
     Ok(OutboxRow { row_id, publish })
 }
 
+/// Validated JSON text as a message carries it: as Postgres wrote it when it is one line (`jsonb`
+/// text always is), compacted when it spans several (a `json` column or an emitted message
+/// keeps the writer's layout), so that it stays one line: the SSE stream sends each message's
+/// data as one line.
+fn one_line(json: Box<RawValue>) -> Result<Box<RawValue>, serde_json::Error> {
+    if !json.get().contains(['\n', '\r']) {
+        return Ok(json);
+    }
+    to_raw_value(&serde_json::from_str::<Json>(json.get())?)
+}
+
 /// The fields of a `pg_logical_emit_message(true, 'tidings', '{...}')` message.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Emitted {
     channel: Option<String>,
     name: Option<String>,
-    data: Option<Json>,
-    headers: Option<Json>,
+    data: Option<Box<RawValue>>,
+    headers: Option<Box<RawValue>>,
     message_id: Option<String>,
 }
 
@@ -99,11 +115,16 @@ pub fn emitted(content: &[u8], id: String) -> Result<Publish, Poison> {
             "the message is not a JSON object with channel, name, data, headers, message_id: {e}"
         )
     })?;
+    let compact = |v: Option<Box<RawValue>>| {
+        v.map(one_line)
+            .transpose()
+            .map_err(|e| format!("the message's JSON cannot be rewritten on one line: {e}"))
+    };
     Ok(Publish {
         channel: e.channel.ok_or("the message has no `channel`")?,
         name: e.name,
-        data: e.data,
-        headers: e.headers,
+        data: compact(e.data)?,
+        headers: compact(e.headers)?,
         id: Some(e.message_id.unwrap_or(id)),
         key: None,
     })
@@ -162,7 +183,11 @@ mod tests {
         assert_eq!(r.row_id, Some(42));
         assert_eq!(r.publish.channel, "orders:7");
         assert_eq!(r.publish.name.as_deref(), Some("order.paid"));
-        assert_eq!(r.publish.data, Some(serde_json::json!({"total": "12.50"})));
+        // The text as Postgres wrote it.
+        assert_eq!(
+            r.publish.data.as_deref().map(RawValue::get),
+            Some(r#"{"total": "12.50"}"#)
+        );
         assert_eq!(r.publish.id.as_deref(), Some("pg:1/A0:3"));
     }
 
@@ -187,6 +212,35 @@ mod tests {
     }
 
     #[test]
+    fn row_json_is_checked_and_kept_on_one_line() {
+        let cols = OutboxColumns::of(&relation());
+        let tuple = |data: &str, headers: &str| {
+            Tuple(vec![
+                t("1"),
+                t("c"),
+                Value::Null,
+                t(data),
+                t(headers),
+                Value::Null,
+                Value::Null,
+            ])
+        };
+        let r = row(&cols, &tuple(" [1, 2] ", "{\n  \"a\": 1\n}"), "x".into()).unwrap();
+        assert_eq!(r.publish.data.as_deref().map(RawValue::get), Some("[1, 2]"));
+        assert_eq!(
+            r.publish.headers.as_deref().map(RawValue::get),
+            Some(r#"{"a":1}"#)
+        );
+        let e = row(&cols, &tuple("{nope", "{}"), "x".into()).unwrap_err();
+        assert!(
+            e.starts_with("`data` is not JSON: key must be a string"),
+            "{e}"
+        );
+        let e = row(&cols, &tuple("1", "[1"), "x".into()).unwrap_err();
+        assert!(e.starts_with("`headers` is not JSON: EOF"), "{e}");
+    }
+
+    #[test]
     fn emitted_messages() {
         let p = emitted(br#"{"channel":"a:b","data":{"x":1}}"#, "pg:0/5:0".into()).unwrap();
         assert_eq!(p.channel, "a:b");
@@ -195,6 +249,17 @@ mod tests {
             .unwrap_err()
             .contains("channel"));
         assert!(emitted(b"nope", "i".into()).is_err());
+        // Kept as written; several lines become one.
+        let p = emitted(
+            b"{\"channel\":\"a\",\"data\":{\"x\": 1},\"headers\":{\n  \"h\": [1,\r\n 2]\n}}",
+            "i".into(),
+        )
+        .unwrap();
+        assert_eq!(p.data.as_deref().map(RawValue::get), Some(r#"{"x": 1}"#));
+        assert_eq!(
+            p.headers.as_deref().map(RawValue::get),
+            Some(r#"{"h":[1,2]}"#)
+        );
         assert!(emitted(br#"{"channel":"a","chanel":"b"}"#, "i".into()).is_err());
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
 use tidings_connectors_core::route::ChannelTemplate;
-use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
+use tidings_connectors_core::{json_text, Batch, Publish, Source, SourceError, SourcePosition};
 
 use crate::capture::{self, Op, Table};
 use crate::cleanup::Cleanup;
@@ -232,11 +232,11 @@ impl PostgresSource {
             OnPoison::DeadLetter => Ok(Publish {
                 channel: self.dead_letter.clone(),
                 name: Some("dead_letter".into()),
-                data: Some(serde_json::json!({
+                data: Some(json_text(&serde_json::json!({
                     "error": problem,
                     "source": self.name,
                     "commit_lsn": format_lsn(commit_lsn),
-                })),
+                }))),
                 headers: None,
                 id: Some(id),
                 key: None,
@@ -363,12 +363,12 @@ impl PostgresSource {
                         let p = Publish {
                             channel: self.control_channel.clone(),
                             name: Some("truncate".into()),
-                            data: Some(serde_json::json!({
+                            data: Some(json_text(&serde_json::json!({
                                 "op": "truncate",
                                 "ns": {"schema": table.relation.namespace, "table": table.relation.name},
                                 "commit_lsn": format_lsn(at.commit_lsn),
                                 "commit_time": capture::commit_time(at.commit_time),
-                            })),
+                            }))),
                             headers: None,
                             id: Some(id.clone()),
                             key: None,
