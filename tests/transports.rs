@@ -75,6 +75,32 @@ async fn sse_resumes_with_last_event_id_across_a_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_carries_data_published_over_several_lines() {
+    // A publisher may send pretty-printed JSON; messages keep it as sent, so the SSE stream
+    // must frame data that spans lines (one `data:` field per line) or the event breaks.
+    let t = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let body = "[{\"name\": \"n\",\r\n \"data\": {\n  \"a\": [1,\n 2],\r  \"b\": \"x\"\n},\n \"headers\": {\"h\":\n\"v\"}}]";
+    let resp = http
+        .post(format!("{}/v1/channels/lines/messages", t.http()))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let mut sse =
+        SseClient::open(&format!("{}/v1/sse?channel=lines&rewind=1", t.http()), None).await;
+    assert_eq!(sse.next().await.unwrap().event, "connected");
+    assert_eq!(sse.next().await.unwrap().event, "attached");
+    let got = sse.messages(1).await[0].json();
+    assert_eq!(got["data"], json!({"a": [1, 2], "b": "x"}), "{got}");
+    assert_eq!(got["headers"], json!({"h": "v"}));
+    assert_eq!(got["serial"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_says_when_continuity_is_lost() {
     let t = TestServer::start().await;
     let http = reqwest::Client::new();

@@ -148,8 +148,11 @@ pub(super) async fn sse(
     Ok(response)
 }
 
-/// Append one event to `out` in the SSE wire format. `data` is one line of JSON (serde_json
-/// never writes a raw newline), so it needs no splitting.
+/// Append one event to `out` in the SSE wire format. `data` is JSON: one line as the server
+/// writes it, but messages keep `data` and `headers` as their publisher sent them, which may
+/// span lines (pretty-printed). Each line then gets a `data:` field of its own, which the client
+/// joins with `\n` (a raw line break in JSON is whitespace between tokens, never inside a
+/// string), so a break cannot end the event early.
 fn write_event(out: &mut String, event: &str, id: Option<&str>, data: &str) {
     out.push_str("event: ");
     out.push_str(event);
@@ -159,9 +162,19 @@ fn write_event(out: &mut String, event: &str, id: Option<&str>, data: &str) {
         out.push_str(id);
         out.push('\n');
     }
-    out.push_str("data: ");
-    out.push_str(data);
-    out.push_str("\n\n");
+    // Two memchr scans: the usual one-line data is copied whole.
+    if data.contains('\n') || data.contains('\r') {
+        for line in data.split(['\n', '\r']) {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    } else {
+        out.push_str("data: ");
+        out.push_str(data);
+        out.push('\n');
+    }
+    out.push('\n');
 }
 
 /// Feed the body of one SSE response until the client leaves, the server shuts down, or the

@@ -6,8 +6,7 @@
 //! from the transaction's commit LSN and the row's place in it, so a replay after a crash
 //! deduplicates in the log.
 
-use serde_json::value::{to_raw_value, RawValue};
-use serde_json::Value as Json;
+use serde_json::value::RawValue;
 use tidings_connectors_core::Publish;
 
 use crate::pgoutput::{format_lsn, Lsn, Relation, Tuple};
@@ -66,7 +65,6 @@ pub fn row(cols: &OutboxColumns, tuple: &Tuple, id: String) -> Result<OutboxRow,
         text(i)?
             .map(|t| {
                 RawValue::from_string(t.to_owned())
-                    .and_then(one_line)
                     .map_err(|e| format!("`{field}` is not JSON: {e}"))
             })
             .transpose()
@@ -84,17 +82,6 @@ pub fn row(cols: &OutboxColumns, tuple: &Tuple, id: String) -> Result<OutboxRow,
         key: None,
     };
     Ok(OutboxRow { row_id, publish })
-}
-
-/// Validated JSON text as a message carries it: as Postgres wrote it when it is one line (`jsonb`
-/// text always is), compacted when it spans several (a `json` column or an emitted message
-/// keeps the writer's layout), so that it stays one line: the SSE stream sends each message's
-/// data as one line.
-fn one_line(json: Box<RawValue>) -> Result<Box<RawValue>, serde_json::Error> {
-    if !json.get().contains(['\n', '\r']) {
-        return Ok(json);
-    }
-    to_raw_value(&serde_json::from_str::<Json>(json.get())?)
 }
 
 /// The fields of a `pg_logical_emit_message(true, 'tidings', '{...}')` message.
@@ -115,16 +102,11 @@ pub fn emitted(content: &[u8], id: String) -> Result<Publish, Poison> {
             "the message is not a JSON object with channel, name, data, headers, message_id: {e}"
         )
     })?;
-    let compact = |v: Option<Box<RawValue>>| {
-        v.map(one_line)
-            .transpose()
-            .map_err(|e| format!("the message's JSON cannot be rewritten on one line: {e}"))
-    };
     Ok(Publish {
         channel: e.channel.ok_or("the message has no `channel`")?,
         name: e.name,
-        data: compact(e.data)?,
-        headers: compact(e.headers)?,
+        data: e.data,
+        headers: e.headers,
         id: Some(e.message_id.unwrap_or(id)),
         key: None,
     })
@@ -212,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn row_json_is_checked_and_kept_on_one_line() {
+    fn row_json_is_checked_and_kept_as_written() {
         let cols = OutboxColumns::of(&relation());
         let tuple = |data: &str, headers: &str| {
             Tuple(vec![
@@ -229,7 +211,7 @@ mod tests {
         assert_eq!(r.publish.data.as_deref().map(RawValue::get), Some("[1, 2]"));
         assert_eq!(
             r.publish.headers.as_deref().map(RawValue::get),
-            Some(r#"{"a":1}"#)
+            Some("{\n  \"a\": 1\n}")
         );
         let e = row(&cols, &tuple("{nope", "{}"), "x".into()).unwrap_err();
         assert!(
@@ -249,7 +231,7 @@ mod tests {
             .unwrap_err()
             .contains("channel"));
         assert!(emitted(b"nope", "i".into()).is_err());
-        // Kept as written; several lines become one.
+        // Kept as written, line breaks included (SSE sends each line as a `data:` field).
         let p = emitted(
             b"{\"channel\":\"a\",\"data\":{\"x\": 1},\"headers\":{\n  \"h\": [1,\r\n 2]\n}}",
             "i".into(),
@@ -258,7 +240,7 @@ mod tests {
         assert_eq!(p.data.as_deref().map(RawValue::get), Some(r#"{"x": 1}"#));
         assert_eq!(
             p.headers.as_deref().map(RawValue::get),
-            Some(r#"{"h":[1,2]}"#)
+            Some("{\n  \"h\": [1,\r\n 2]\n}")
         );
         assert!(emitted(br#"{"channel":"a","chanel":"b"}"#, "i".into()).is_err());
     }
