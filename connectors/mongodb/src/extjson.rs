@@ -61,16 +61,12 @@ impl Serialize for Ext<'_> {
             RawBsonRef::String(v) => s.serialize_str(v),
             RawBsonRef::Boolean(b) => s.serialize_bool(b),
             RawBsonRef::Null => s.serialize_unit(),
-            RawBsonRef::Int32(i) if canonical => single(s, "$numberInt", &i.to_string()),
+            RawBsonRef::Int32(i) if canonical => single(s, "$numberInt", &Text(i)),
             RawBsonRef::Int32(i) => s.serialize_i32(i),
-            RawBsonRef::Int64(i) if canonical => single(s, "$numberLong", &i.to_string()),
+            RawBsonRef::Int64(i) if canonical => single(s, "$numberLong", &Text(i)),
             RawBsonRef::Int64(i) => s.serialize_i64(i),
             RawBsonRef::Double(f) if canonical && f.is_normal() => {
-                let mut t = f.to_string();
-                if f.fract() == 0.0 {
-                    t.push_str(".0");
-                }
-                single(s, "$numberDouble", &t)
+                single(s, "$numberDouble", &Text(CanonicalDouble(f)))
             }
             RawBsonRef::Double(f) if canonical && f == 0.0 => single(
                 s,
@@ -107,7 +103,7 @@ impl Serialize for Ext<'_> {
                 },
             ),
             // The same in both flavours: a string, never rounded through a float.
-            RawBsonRef::Decimal128(d) => single(s, "$numberDecimal", &d.to_string()),
+            RawBsonRef::Decimal128(d) => single(s, "$numberDecimal", &Text(d)),
             other => {
                 let b = Bson::try_from(other).map_err(S::Error::custom)?;
                 if canonical {
@@ -192,7 +188,31 @@ struct NumberLong(i64);
 
 impl Serialize for NumberLong {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        single(s, "$numberLong", &self.0.to_string())
+        single(s, "$numberLong", &Text(self.0))
+    }
+}
+
+/// A value's `Display` text as a JSON string, written by the serializer itself (`serde_json`
+/// formats it straight into its output: no `String` per number).
+struct Text<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A normal double as canonical Extended JSON spells it: Rust's shortest text, with `.0` when
+/// it has no fraction (`bson` writes `f.to_string()` the same way).
+struct CanonicalDouble(f64);
+
+impl std::fmt::Display for CanonicalDouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if self.0.fract() == 0.0 {
+            f.write_str(".0")?;
+        }
+        Ok(())
     }
 }
 
