@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{connector_status, history, Process, KEY, WAIT};
+use common::{channel_epoch, connector_status, history, Process, KEY, WAIT};
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 use tidings::config::Config;
@@ -457,25 +457,6 @@ async fn history_lost_fails_naming_the_position_and_the_cure() {
     assert_eq!(history(&http, &base(&server), "orders:n1").await.len(), 1);
 }
 
-/// The channel's current epoch, as REST history reports it.
-async fn epoch(base: &str, channel: &str) -> String {
-    let v: Value = reqwest::Client::new()
-        .get(format!(
-            "{base}/v1/channels/{channel}/messages?after=0&limit=1"
-        ))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["epoch"]
-        .as_str()
-        .expect("history names its epoch")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
     let mongo = Mongo::start_test_server().await;
@@ -485,7 +466,7 @@ async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
     let server = serve(dir.path(), "shop", config.clone()).await;
     mongo.insert("orders", doc! {"_id": 1, "store": "n1"}).await;
     let before = wait_for(&base(&server), "orders:n1", |m| m.len() == 1).await;
-    let old_epoch = epoch(&base(&server), "orders:n1").await;
+    let old_epoch = channel_epoch(&base(&server), "orders:n1").await;
     server.shutdown();
     server.wait().await;
     // While tidings is down a change falls off the oplog.
@@ -500,7 +481,7 @@ async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
     let names: Vec<&str> = items.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["snapshot", "snapshot"]);
     assert_eq!(keys(&items, "snapshot").len(), 2);
-    let new_epoch = epoch(&base(&server), "orders:n1").await;
+    let new_epoch = channel_epoch(&base(&server), "orders:n1").await;
     assert_ne!(
         new_epoch, old_epoch,
         "the channel restarted under a new epoch"
@@ -534,7 +515,7 @@ async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
             .is_some_and(|x| x["name"] == "insert" && x["data"]["key"]["_id"] == 3)
     })
     .await;
-    assert_eq!(epoch(&base(&server), "orders:n1").await, new_epoch);
+    assert_eq!(channel_epoch(&base(&server), "orders:n1").await, new_epoch);
     assert!(server.source_failures().lock().is_empty());
 }
 

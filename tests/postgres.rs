@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{connector_status, history, KEY};
+use common::{channel_epoch, connector_status, history, KEY};
 use serde_json::Value;
 use support::{Cluster, Tidings};
 use tidings::config::Config;
@@ -473,23 +473,7 @@ async fn recovering_from_a_dropped_slot_gives_its_channels_a_new_epoch() {
     write_txns(&url, "untouched:1", 0, 1, 1).await;
     expect_messages(&tidings.http(), "slot:1", 3).await;
     expect_messages(&tidings.http(), "untouched:1", 1).await;
-    let http = reqwest::Client::new();
-    let epoch_of = |base: String, channel: &'static str| {
-        let http = http.clone();
-        async move {
-            let v: Value = http
-                .get(format!("{base}/v1/channels/{channel}/messages?after=0"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["epoch"].as_str().unwrap().to_owned()
-        }
-    };
-    let before = epoch_of(tidings.http(), "slot:1").await;
+    let before = channel_epoch(&tidings.http(), "slot:1").await;
     tidings.kill9().await;
 
     let admin = pg.sql().await;
@@ -514,12 +498,12 @@ async fn recovering_from_a_dropped_slot_gives_its_channels_a_new_epoch() {
         [5, 6],
         "the new history holds what was committed after recovery"
     );
-    let after = epoch_of(tidings.http(), "slot:1").await;
+    let after = channel_epoch(&tidings.http(), "slot:1").await;
     assert_ne!(before, after, "slot:1 has a new epoch");
     // A channel with no message in the hole is reset too: the connector cannot know what the
     // lost WAL held, so every channel it published to restarts.
     assert_ne!(
-        epoch_of(tidings.http(), "untouched:1").await,
+        channel_epoch(&tidings.http(), "untouched:1").await,
         before,
         "untouched:1 has a new epoch"
     );

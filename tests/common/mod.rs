@@ -21,17 +21,34 @@ pub const KEY: &str = "test:test-secret-1";
 /// How long any single expectation may wait before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
-pub async fn connector_status(base: &str, name: &str) -> Value {
-    let status: Value = reqwest::Client::new()
-        .get(format!("{base}/v1/connectors"))
+/// `GET url` with the test key: the JSON answer.
+pub async fn get_json(url: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
         .bearer_auth(KEY)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A channel's current epoch, as REST history reports it.
+pub async fn channel_epoch(base: &str, channel: &str) -> String {
+    let page = get_json(&format!(
+        "{base}/v1/channels/{channel}/messages?after=0&limit=1"
+    ))
+    .await;
+    page["epoch"]
+        .as_str()
+        .expect("history names its epoch")
+        .to_owned()
+}
+
+/// Connector `name`'s entry in `GET /v1/connectors` (with the test key).
+pub async fn connector_status(base: &str, name: &str) -> Value {
+    let status = get_json(&format!("{base}/v1/connectors")).await;
     status["connectors"]
         .as_array()
         .unwrap()
