@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod error;
+pub mod grant;
 pub mod hub;
 pub mod limits;
 pub mod log;

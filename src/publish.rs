@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_protocol::ErrorCode;
 
-use crate::auth::{Operation, Principal};
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::grant::{Operation, Principal};
 use crate::log::{Appended, ChannelLog, NewMessage};
 use crate::metrics::Metrics;
 

@@ -19,9 +19,9 @@ use tidings_protocol::{
     CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, PROTOCOL_VERSION,
 };
 
-use crate::auth::{Operation, Principal};
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::grant::{Operation, Principal};
 use crate::limits::{Permit, RateLimit};
 use crate::log::Appended;
 use crate::metrics::{CloseReason, Transport};

@@ -15,9 +15,10 @@ use tidings_protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{bearer, AuthError, Authenticator, Principal};
+use crate::auth::{bearer, AuthError, Authenticator};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::grant::Principal;
 use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::log::ChannelLog;

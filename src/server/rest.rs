@@ -10,8 +10,8 @@ use serde::Deserialize;
 use tidings_protocol::{ErrorCode, HistoryItem, HistoryPage, PublishResponse};
 
 use super::AppState;
-use crate::auth::Operation;
 use crate::error::ApiError;
+use crate::grant::Operation;
 use crate::publish::{self, MessageIn};
 
 /// Default history page size.
@@ -215,7 +215,7 @@ fn api_key(
     state: &AppState,
     headers: &HeaderMap,
     missing: &str,
-) -> Result<crate::auth::ApiKey, ApiError> {
+) -> Result<crate::grant::ApiKey, ApiError> {
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

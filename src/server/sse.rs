@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
-use crate::auth::Operation;
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::grant::Operation;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish;
 use crate::subscription::{format_positions, parse_positions, Event, Kind, Subscription};
@@ -88,7 +88,7 @@ pub(super) fn access_token(pairs: &[(String, String)]) -> Option<&str> {
 /// Attach every wanted channel, checking capabilities first.
 pub(super) fn attach_all(
     state: &AppState,
-    principal: &crate::auth::Principal,
+    principal: &crate::grant::Principal,
     wanted: &Wanted,
 ) -> Result<(Subscription, Vec<ServerFrame>), ApiError> {
     for channel in &wanted.channels {
