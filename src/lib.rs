@@ -18,8 +18,6 @@ pub mod metrics;
 pub mod publish;
 pub mod runtime;
 pub mod server;
-pub mod session;
 pub mod source;
-pub mod subscription;
 pub mod tail;
 pub mod token;

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use tidings_protocol::{ErrorCode, HistoryItem, HistoryPage, PublishResponse};
 
-use super::AppState;
+use super::state::{auth_error, AppState};
 use crate::error::ApiError;
 use crate::grant::Operation;
 use crate::publish::{self, MessageIn};
@@ -222,11 +222,7 @@ fn api_key(
         .and_then(crate::auth::bearer)
         .filter(|c| c.contains(':'))
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, missing))?;
-    Ok(state
-        .auth
-        .api_key(credential)
-        .map_err(super::auth_error)?
-        .clone())
+    Ok(state.auth.api_key(credential).map_err(auth_error)?.clone())
 }
 
 /// Any other path.

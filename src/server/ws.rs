@@ -1,14 +1,15 @@
 //! `GET /v1/connect`: authenticate, then upgrade to a WebSocket session.
 
+mod session;
+
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::rest::AuthQuery;
-use super::AppState;
+use super::state::{check_origin, AppState};
 use crate::error::ApiError;
-use crate::session;
 
 /// Frames up to this many times the message limit are read; the message limit itself is
 /// checked per publish so an oversized message gets an `error` frame, not a closed socket.
@@ -28,7 +29,7 @@ pub(super) async fn connect(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    super::check_origin(&state.config, &headers).inspect_err(|e| state.metrics.error(e.code))?;
+    check_origin(&state.config, &headers).inspect_err(|e| state.metrics.error(e.code))?;
     let principal = state.principal(&headers, auth.access_token.as_deref())?;
     let permit = state
         .admission
