@@ -1,6 +1,7 @@
 //! The HTTP server: REST publish and history, the WebSocket endpoint, SSE, long-polling,
 //! health and metrics.
 
+mod caller;
 mod poll;
 mod rest;
 mod sse;

@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tidings_protocol::ErrorCode;
 
+use super::caller::Caller;
 use super::state::AppState;
 use super::subscription::{format_positions, Event, Kind};
-use super::wanted::{access_token, Wanted};
+use super::wanted::Wanted;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 
@@ -26,16 +27,14 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 pub(super) async fn poll(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let _connection = state.metrics.connection(Transport::poll);
-    let principal = state.principal(&headers, access_token(&pairs))?;
     let wanted = Wanted::parse(&pairs, &headers)?;
-    let _permit = state
-        .admission
-        .admit(&principal.subject)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let _permit = caller.admit(&state)?;
+    let Caller(principal) = caller;
     let wait = match pairs.iter().find(|(k, _)| k == "wait") {
         None => state.config.session.poll_timeout,
         Some((_, v)) => humantime::parse_duration(v)

@@ -17,9 +17,10 @@ use tidings_protocol::{ErrorCode, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::caller::Caller;
 use super::state::AppState;
 use super::subscription::{format_positions, Event, Kind, Subscription};
-use super::wanted::{access_token, Wanted};
+use super::wanted::Wanted;
 use crate::channel::ChannelName;
 use crate::error::ApiError;
 use crate::metrics::{CloseReason, Transport};
@@ -31,15 +32,13 @@ const SSE_QUEUE: usize = 256;
 
 pub(super) async fn sse(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = state.principal(&headers, access_token(&pairs))?;
     let wanted = Wanted::parse(&pairs, &headers)?;
-    let permit = state
-        .admission
-        .admit(&principal.subject)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let permit = caller.admit(&state)?;
+    let Caller(principal) = caller;
     let (sub, attached) = wanted.attach(&state, &principal)?;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
     let expires = principal.expires_at;

@@ -97,11 +97,3 @@ impl Wanted {
         Ok((sub, attached))
     }
 }
-
-/// The access token among the query pairs, if any.
-pub(super) fn access_token(pairs: &[(String, String)]) -> Option<&str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.as_str())
-}

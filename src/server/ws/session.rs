@@ -26,7 +26,8 @@ use crate::limits::{Permit, RateLimit};
 use crate::log::Appended;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish::{self, MessageIn};
-use crate::server::state::{auth_error, AppState};
+use crate::server::caller::auth_error;
+use crate::server::state::AppState;
 use crate::server::subscription::{Event, Subscription};
 
 /// Most live messages written before one flush, so other work gets a turn.
