@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::{ApiKey, ChannelPattern, Grant, Operation, Operations};
+use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Operations};
 use crate::log::{Retention, RetentionPolicy};
 
 /// Default listen address.

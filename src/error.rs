@@ -63,15 +63,15 @@ impl ApiError {
 
     /// The standard answer to a caller without the capability. It never says whether the
     /// channel exists.
-    pub fn forbidden(op: crate::auth::Operation, channel: &str) -> Self {
+    pub fn forbidden(op: crate::grant::Operation, channel: &str) -> Self {
         ApiError::new(
             ErrorCode::Forbidden,
             format!(
                 "your credentials do not allow {} on this channel; ask for a key or token with that capability",
                 match op {
-                    crate::auth::Operation::Subscribe => "subscribe",
-                    crate::auth::Operation::Publish => "publish",
-                    crate::auth::Operation::History => "history",
+                    crate::grant::Operation::Subscribe => "subscribe",
+                    crate::grant::Operation::Publish => "publish",
+                    crate::grant::Operation::History => "history",
                 }
             ),
         )

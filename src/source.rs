@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::log::{Appended, ChannelLog, NewMessage};
-use crate::publish::MAX_ID_LEN;
+use crate::publish::{Fields, MAX_ID_LEN};
 
 /// First retry delay after a transient failure.
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -212,35 +212,6 @@ impl SourceStatus {
     }
 }
 
-/// Why a change was refused; its channel when it is accepted.
-fn check(p: &Publish, max_bytes: usize) -> Result<ChannelName, String> {
-    let channel = ChannelName::parse(&p.channel)
-        .map_err(|e| format!("invalid channel {:?}: {e}", p.channel))?;
-    if p.name.is_none() && p.data.is_none() {
-        return Err("the change has neither data nor name".into());
-    }
-    if let Some(id) = &p.id {
-        if id.is_empty() || id.len() > MAX_ID_LEN {
-            return Err(format!("message id must be 1 to {MAX_ID_LEN} bytes"));
-        }
-    }
-    if let Some(h) = &p.headers {
-        if !h.get().trim_start().starts_with('{') {
-            return Err("headers must be a JSON object".into());
-        }
-    }
-    let size = p.id.as_ref().map_or(0, String::len)
-        + p.name.as_ref().map_or(0, String::len)
-        + p.data.as_ref().map_or(0, |d| d.get().len())
-        + p.headers.as_ref().map_or(0, |h| h.get().len());
-    if size > max_bytes {
-        return Err(format!(
-            "the message is {size} bytes; the limit is {max_bytes}"
-        ));
-    }
-    Ok(channel)
-}
-
 /// Turn a batch into log messages, applying the poison policy. `Err` stops the source.
 fn prepare(
     opts: &SourceOptions,
@@ -249,7 +220,14 @@ fn prepare(
 ) -> Result<Vec<NewMessage>, SourceError> {
     let mut out = Vec::with_capacity(batch.len());
     for (index, p) in batch.into_iter().enumerate() {
-        match check(&p, opts.max_message_bytes) {
+        let checked = Fields {
+            id: p.id.as_deref(),
+            name: p.name.as_deref(),
+            data: p.data.as_deref(),
+            headers: p.headers.as_deref(),
+        }
+        .check_on(&p.channel, opts.max_message_bytes);
+        match checked {
             // The connector's JSON text goes to the log as it is.
             Ok(channel) => out.push(NewMessage {
                 channel,
@@ -258,7 +236,8 @@ fn prepare(
                 data: p.data,
                 headers: p.headers,
             }),
-            Err(problem) => {
+            Err(invalid) => {
+                let problem = invalid.to_string();
                 let key = p
                     .key
                     .as_ref()

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{ApiKey, ChannelPattern, Grant, Operation, Principal};
+use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Principal};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 5;

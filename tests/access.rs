@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{metric, publish, Client, TestServer, KEY};
 use serde_json::{json, Value};
-use tidings::auth::Operation;
 use tidings::config::{ApiKeyConfig, Secret};
+use tidings::grant::Operation;
 
 const READER: &str = "reader:reader-secret";
 

@@ -284,8 +284,8 @@ async fn issued_tokens_never_exceed_their_key() {
             capabilities: Some(std::collections::BTreeMap::from([(
                 "store:*".to_string(),
                 vec![
-                    tidings::auth::Operation::Subscribe,
-                    tidings::auth::Operation::History,
+                    tidings::grant::Operation::Subscribe,
+                    tidings::grant::Operation::History,
                 ],
             )])),
         });

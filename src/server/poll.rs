@@ -13,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tidings_protocol::ErrorCode;
 
-use super::sse::{access_token, attach_all, wanted};
-use super::AppState;
+use super::caller::Caller;
+use super::state::AppState;
+use super::subscription::{format_positions, Event, Kind};
+use super::wanted::Wanted;
 use crate::error::ApiError;
 use crate::metrics::Transport;
-use crate::subscription::{format_positions, Event, Kind};
 
 /// Messages per answer (soft: a catch-up page is never split).
 const POLL_MAX: usize = 1000;
@@ -26,16 +27,14 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 
 pub(super) async fn poll(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let _connection = state.metrics.connection(Transport::poll);
-    let principal = state.principal(&headers, access_token(&pairs))?;
-    let wanted = wanted(&pairs, &headers)?;
-    let _permit = state
-        .admission
-        .admit(&principal.subject)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let wanted = Wanted::parse(&pairs, &headers)?;
+    let _permit = caller.admit(&state)?;
+    let Caller(principal) = caller;
     let wait = match pairs.iter().find(|(k, _)| k == "wait") {
         None => state.config.session.poll_timeout,
         Some((_, v)) => humantime::parse_duration(v)
@@ -48,7 +47,7 @@ pub(super) async fn poll(
                 )
             })?,
     };
-    let (mut sub, attached) = attach_all(&state, &principal, &wanted)?;
+    let (mut sub, attached) = wanted.attach(&state, &principal)?;
     let mut frames = Vec::new();
     let mut reattached = Vec::new();
     // A first attach (no position yet) or a lost continuity is answered at once: the client

@@ -9,28 +9,22 @@ use axum::Json;
 use serde::Deserialize;
 use tidings_protocol::{ErrorCode, HistoryItem, HistoryPage, PublishResponse};
 
-use super::AppState;
-use crate::auth::Operation;
+use super::caller::{api_key, Caller, Signer};
+use super::state::AppState;
 use crate::error::ApiError;
+use crate::grant::Operation;
 use crate::publish::{self, MessageIn};
 
 /// Default history page size.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
 
-#[derive(Debug, Deserialize)]
-pub(super) struct AuthQuery {
-    pub(super) access_token: Option<String>,
-}
-
 /// `POST /v1/channels/{channel}/messages`: one message or an array; 201 once durable.
 pub(super) async fn publish(
     State(state): State<AppState>,
     Path(channel): Path<String>,
-    Query(auth): Query<AuthQuery>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = state.principal(&headers, auth.access_token.as_deref())?;
     let channel = publish::channel(&channel)?;
     publish::authorize(&principal, Operation::Publish, &channel)?;
     let body = body.map_err(|e| {
@@ -97,7 +91,6 @@ pub(super) async fn publish(
 pub(super) struct HistoryQuery {
     after: Option<String>,
     limit: Option<String>,
-    access_token: Option<String>,
 }
 
 /// `GET /v1/channels/{channel}/messages?after=&limit=`: history in serial order.
@@ -105,9 +98,8 @@ pub(super) async fn history(
     State(state): State<AppState>,
     Path(channel): Path<String>,
     Query(q): Query<HistoryQuery>,
-    headers: HeaderMap,
+    Caller(principal): Caller,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let principal = state.principal(&headers, q.access_token.as_deref())?;
     let channel = publish::channel(&channel)?;
     publish::authorize(&principal, Operation::History, &channel)?;
     let max = state.config.limits.history_page_max;
@@ -209,26 +201,6 @@ pub(super) async fn connectors(
     Ok(Json(crate::connector::status()).into_response())
 }
 
-/// The API key in `Authorization: Bearer KEY_ID:SECRET`, for routes that tokens may not use;
-/// `missing` says what to send when there is none.
-fn api_key(
-    state: &AppState,
-    headers: &HeaderMap,
-    missing: &str,
-) -> Result<crate::auth::ApiKey, ApiError> {
-    let credential = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer)
-        .filter(|c| c.contains(':'))
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, missing))?;
-    Ok(state
-        .auth
-        .api_key(credential)
-        .map_err(super::auth_error)?
-        .clone())
-}
-
 /// Any other path.
 pub(super) async fn not_found() -> Response {
     let e = ApiError::new(
@@ -244,15 +216,9 @@ pub(super) async fn not_found() -> Response {
 
 /// `POST /v1/tokens`: an API key signs a token for a client, with at most the key's capabilities.
 pub(super) async fn issue_token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    Signer(key): Signer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let key = api_key(
-        &state,
-        &headers,
-        "issuing tokens needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
-    )?;
     let body = body.map_err(|e| {
         ApiError::new(
             ErrorCode::MalformedFrame,

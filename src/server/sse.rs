@@ -13,125 +13,33 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use tidings_protocol::{ErrorCode, Position, ServerFrame};
+use tidings_protocol::{ErrorCode, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::AppState;
-use crate::auth::Operation;
+use super::caller::Caller;
+use super::state::AppState;
+use super::subscription::{format_positions, Event, Kind, Subscription};
+use super::wanted::Wanted;
 use crate::channel::ChannelName;
 use crate::error::ApiError;
 use crate::metrics::{CloseReason, Transport};
-use crate::publish;
-use crate::subscription::{format_positions, parse_positions, Event, Kind, Subscription};
 
 /// Live messages taken per wake-up.
 const SSE_BATCH: usize = 256;
 /// Events queued for the response body; beyond that the stream waits (up to the send timeout).
 const SSE_QUEUE: usize = 256;
 
-/// Channels, positions and rewind taken from the query string and `Last-Event-ID`.
-pub(super) struct Wanted {
-    pub channels: Vec<ChannelName>,
-    pub from: Vec<(ChannelName, Position)>,
-    pub rewind: Option<u64>,
-}
-
-/// Parse `channel=A&channel=B&from=A=e:5,B=e:7&rewind=N` (and `Last-Event-ID`, which wins over
-/// `from` because the browser sends it on reconnect and it is newer).
-pub(super) fn wanted(pairs: &[(String, String)], headers: &HeaderMap) -> Result<Wanted, ApiError> {
-    let mut channels = Vec::new();
-    let mut from = None;
-    let mut rewind = None;
-    for (key, value) in pairs {
-        match key.as_str() {
-            "channel" => channels.push(publish::channel(value)?),
-            "from" | "lastEventId" => from = Some(value.clone()),
-            "rewind" => {
-                rewind = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::new(ErrorCode::InvalidRequest, "`rewind` must be a whole number")
-                })?)
-            }
-            _ => {}
-        }
-    }
-    if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        if !id.is_empty() {
-            from = Some(id.to_owned());
-        }
-    }
-    if channels.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "name at least one channel: ?channel=NAME (repeatable)",
-        ));
-    }
-    let from = match from {
-        Some(text) => parse_positions(&text)?,
-        None => Vec::new(),
-    };
-    Ok(Wanted {
-        channels,
-        from,
-        rewind,
-    })
-}
-
-/// The access token among the query pairs, if any.
-pub(super) fn access_token(pairs: &[(String, String)]) -> Option<&str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.as_str())
-}
-
-/// Attach every wanted channel, checking capabilities first.
-pub(super) fn attach_all(
-    state: &AppState,
-    principal: &crate::auth::Principal,
-    wanted: &Wanted,
-) -> Result<(Subscription, Vec<ServerFrame>), ApiError> {
-    for channel in &wanted.channels {
-        publish::authorize(principal, Operation::Subscribe, channel)?;
-        // Rewind reads history; resuming one's own position does not.
-        let resumes = wanted.from.iter().any(|(c, _)| c == channel);
-        if wanted.rewind.is_some() && !resumes {
-            publish::authorize(principal, Operation::History, channel)?;
-        }
-    }
-    let mut sub = Subscription::new(state.log.clone(), state.hub.clone());
-    let mut attached = Vec::new();
-    for channel in &wanted.channels {
-        let from = wanted
-            .from
-            .iter()
-            .find(|(c, _)| c == channel)
-            .map(|(_, p)| p);
-        let rewind = if from.is_some() { None } else { wanted.rewind };
-        let a = sub.attach(channel, from, rewind);
-        attached.push(ServerFrame::Attached {
-            channel: channel.to_string(),
-            epoch: a.epoch.to_string(),
-            serial: a.serial,
-            resumed: a.resumed,
-            reason: a.reason,
-        });
-    }
-    Ok((sub, attached))
-}
-
 pub(super) async fn sse(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = state.principal(&headers, access_token(&pairs))?;
-    let wanted = wanted(&pairs, &headers)?;
-    let permit = state
-        .admission
-        .admit(&principal.subject)
-        .inspect_err(|e| state.metrics.error(e.code))?;
-    let (sub, attached) = attach_all(&state, &principal, &wanted)?;
+    let wanted = Wanted::parse(&pairs, &headers)?;
+    let permit = caller.admit(&state)?;
+    let Caller(principal) = caller;
+    let (sub, attached) = wanted.attach(&state, &principal)?;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
     let expires = principal.expires_at;
     let task_state = state.clone();

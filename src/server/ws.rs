@@ -1,14 +1,14 @@
 //! `GET /v1/connect`: authenticate, then upgrade to a WebSocket session.
 
+mod session;
+
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 
-use super::rest::AuthQuery;
-use super::AppState;
+use super::caller::{AllowedOrigin, Caller};
+use super::state::AppState;
 use crate::error::ApiError;
-use crate::session;
 
 /// Frames up to this many times the message limit are read; the message limit itself is
 /// checked per publish so an oversized message gets an `error` frame, not a closed socket.
@@ -22,18 +22,16 @@ const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write goes to the socket; a batch of frames shares one syscall.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// The upgrade is checked first (a plain GET is told to upgrade whatever its credentials), then
+/// the origin, the caller and the connection limits.
 pub(super) async fn connect(
     State(state): State<AppState>,
-    Query(auth): Query<AuthQuery>,
-    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
+    _origin: AllowedOrigin,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    super::check_origin(&state.config, &headers).inspect_err(|e| state.metrics.error(e.code))?;
-    let principal = state.principal(&headers, auth.access_token.as_deref())?;
-    let permit = state
-        .admission
-        .admit(&principal.subject)
-        .inspect_err(|e| state.metrics.error(e.code))?;
+    let permit = caller.admit(&state)?;
+    let Caller(principal) = caller;
     let max_frame = state.config.limits.max_message_bytes * FRAME_LIMIT_FACTOR + FRAME_OVERHEAD;
     let tracker = state.sessions.clone();
     Ok(upgrade

@@ -207,11 +207,6 @@ impl Subscription {
         self.attachments.len()
     }
 
-    /// Whether no channel is attached.
-    pub fn is_empty(&self) -> bool {
-        self.attachments.is_empty()
-    }
-
     /// The position reached on each attached channel.
     pub fn positions(&self) -> impl Iterator<Item = (&ChannelName, &str, u64)> {
         self.attachments

@@ -19,15 +19,16 @@ use tidings_protocol::{
     CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, PROTOCOL_VERSION,
 };
 
-use crate::auth::{Operation, Principal};
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::grant::{Operation, Principal};
 use crate::limits::{Permit, RateLimit};
 use crate::log::Appended;
 use crate::metrics::{CloseReason, Transport};
 use crate::publish::{self, MessageIn};
-use crate::server::AppState;
-use crate::subscription::{Event, Subscription};
+use crate::server::caller::auth_error;
+use crate::server::state::AppState;
+use crate::server::subscription::{Event, Subscription};
 
 /// Most live messages written before one flush, so other work gets a turn.
 const LIVE_BATCH: usize = 256;
@@ -450,7 +451,7 @@ where
         }
         let principal = match self.state.auth.authenticate(Some(token)) {
             Ok(p) => p,
-            Err(e) => return self.error(crate::server::auth_error(e), reference).await,
+            Err(e) => return self.error(auth_error(e), reference).await,
         };
         if principal.subject != self.principal.subject {
             let e = ApiError::new(
