@@ -1,14 +1,15 @@
 //! Every path is authorised: capabilities per key, public namespaces, heartbeats and health.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{metric, publish, Client, TestServer, KEY};
 use serde_json::{json, Value};
 use tidings::config::{ApiKeyConfig, Secret};
 use tidings::grant::Operation;
+use tidings_testkit::rest::{metric, publish};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 
 const READER: &str = "reader:reader-secret";
 

@@ -1,10 +1,11 @@
 //! Bad input gets its documented error code, and the server keeps serving everyone.
 
-mod common;
-
-use common::{publish, serials, Client, TestServer, KEY};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
+use tidings_testkit::rest::{publish, serials};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -1,11 +1,10 @@
 //! The binary's start-up: defaults, environment variables, and errors that name what to fix.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Process, KEY};
 use serde_json::json;
+use tidings_testkit::process::Process;
+use tidings_testkit::KEY;
 
 #[test]
 fn invalid_configuration_exits_nonzero_naming_the_field() {
@@ -63,7 +62,7 @@ async fn api_keys_come_from_the_environment_too() {
         ])
         .arg(dir.path())
         .env("TIDINGS_API_KEYS", format!("{KEY},other:other-secret"));
-    let proc = Process::spawn(child).await;
+    let proc = Process::start(child).await;
     let http = reqwest::Client::new();
     let resp = http
         .post(format!("{}/v1/channels/env/messages", proc.http()))

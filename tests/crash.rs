@@ -1,18 +1,20 @@
 //! Crash safety and graceful shutdown of the real binary.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use common::{history, Client, Process, KEY};
 use serde_json::{json, Value};
+use tidings_testkit::process::Process;
+use tidings_testkit::rest::history;
+use tidings_testkit::tidings_exe;
+use tidings_testkit::ws::Client;
+use tidings_testkit::{KEY, WAIT};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_none() {
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = Process::start(dir.path(), &[]).await;
+    let mut proc = Process::serve(tidings_exe!(), dir.path(), &[]).await;
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let base = proc.http();
 
@@ -61,7 +63,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_none() 
     assert!(acked.len() >= 600);
 
     // Restart on the same data directory: it opens cleanly and holds every ack exactly once.
-    let proc = Process::start(dir.path(), &[]).await;
+    let proc = Process::serve(tidings_exe!(), dir.path(), &[]).await;
     let http = reqwest::Client::new();
     let items = history(&http, &proc.http(), "crash:1").await;
     let serials: Vec<u64> = items
@@ -128,7 +130,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message_and_duplicates_none() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sockets_with_going_away_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = Process::start(dir.path(), &[]).await;
+    let mut proc = Process::serve(tidings_exe!(), dir.path(), &[]).await;
     let mut c = Client::connect(&proc.ws_url(), Some(KEY)).await;
     c.attach("bye", json!({})).await;
     assert_eq!(c.publish("bye", json!("before the stop")).await, 1);
@@ -144,13 +146,13 @@ async fn sigterm_closes_sockets_with_going_away_and_exits_zero() {
         Some(CloseCode::Away),
         "sessions close with 1001 going away"
     );
-    let status = tokio::time::timeout(common::WAIT, proc.child.wait())
+    let status = tokio::time::timeout(WAIT, proc.child.wait())
         .await
         .expect("exits within the wait")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
     // Nothing acknowledged before is lost across the graceful stop.
-    let proc = Process::start(dir.path(), &[]).await;
+    let proc = Process::serve(tidings_exe!(), dir.path(), &[]).await;
     let items = history(&reqwest::Client::new(), &proc.http(), "bye").await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["data"], "before the stop");
@@ -163,9 +165,9 @@ async fn sigterm_closes_sockets_with_going_away_and_exits_zero() {
 async fn sigterm_exits_even_when_clients_stopped_reading() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = Process::start(dir.path(), &[]).await;
+    let mut proc = Process::serve(tidings_exe!(), dir.path(), &[]).await;
     // An SSE subscriber that reads the response head and then nothing more.
-    let mut sse = tokio::net::TcpStream::connect(&proc.addr).await.unwrap();
+    let mut sse = tokio::net::TcpStream::connect(proc.addr()).await.unwrap();
     sse.write_all(
         format!(
             "GET /v1/sse?channel=stuck HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"

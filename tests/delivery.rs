@@ -1,11 +1,12 @@
 //! Order and resume: the delivery invariants, against a real server and real WebSocket clients.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{history, metric, publish, serials, Client, TestServer, KEY};
 use serde_json::json;
+use tidings_testkit::rest::{history, metric, publish, serials};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_one_order_for_every_subscriber() {

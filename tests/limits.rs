@@ -1,12 +1,13 @@
 //! Each limit, when hit, gives its own error code and metric, and the server keeps serving
 //! everyone else. Also: browsers on other origins, and idle connections.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{metric, publish, serials, Client, TestServer, KEY};
 use serde_json::{json, Value};
+use tidings_testkit::rest::{metric, publish, serials};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 

@@ -4,12 +4,9 @@
 //! inject faults MongoDB cannot be asked for (history truncation, dropped `getMore`s) use the
 //! test server with either setting, through [`Mongo::start_test_server`].
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{channel_epoch, connector_status, history, Process, KEY, WAIT};
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 use tidings::config::Config;
@@ -19,6 +16,11 @@ use tidings_connector_mongodb::config::{OnHistoryLost, OnInvalidate, SnapshotMod
 use tidings_connector_mongodb::{MongoConfig, MongoSource, MongoUri};
 use tidings_connectors_core::{Source, SourcePosition};
 use tidings_mongo_testserver::MongoTestServer;
+use tidings_testkit::process::Process;
+use tidings_testkit::rest::{channel_epoch, connector_status, history};
+use tidings_testkit::tidings_exe;
+use tidings_testkit::ws::Client;
+use tidings_testkit::{KEY, WAIT};
 
 /// A message's payload (JSON text), parsed to look into.
 fn data_of(m: &tidings_connectors_core::Publish) -> Value {
@@ -292,7 +294,7 @@ async fn restart_after_sigkill_delivers_every_change_exactly_once() {
         "--channel",
         "orders:{fullDocument.store}",
     ];
-    let mut tidings = Process::start(dir.path(), &args).await;
+    let mut tidings = Process::serve(tidings_exe!(), dir.path(), &args).await;
     // The snapshot publishes what exists; the stream follows.
     wait_for(&tidings.http(), "orders:n1", |m| {
         keys(m, "snapshot").len() == 5
@@ -311,7 +313,7 @@ async fn restart_after_sigkill_delivers_every_change_exactly_once() {
     for i in 105..130 {
         mongo.insert("orders", doc! {"_id": i, "store": "n1"}).await;
     }
-    let tidings = Process::start(dir.path(), &args).await;
+    let tidings = Process::serve(tidings_exe!(), dir.path(), &args).await;
     let items = wait_for(&tidings.http(), "orders:n1", |m| {
         keys(m, "insert").len() == 125
     })
@@ -491,8 +493,7 @@ async fn history_lost_resnapshot_restarts_the_channels_under_a_new_epoch() {
         "serials keep increasing across epochs"
     );
     // A client coming back with its old position is told continuity was lost.
-    let mut c =
-        common::Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
+    let mut c = Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
     let a = c
         .attach(
             "orders:n1",
@@ -526,8 +527,7 @@ async fn history_lost_while_attached_announces_the_new_epoch_then_the_documents(
     let mut config = mongo.config("orders", "orders:{fullDocument.store}");
     config.on_history_lost = OnHistoryLost::Resnapshot;
     let server = serve(dir.path(), "shop", config).await;
-    let mut c =
-        common::Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
+    let mut c = Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
     let attached = c
         .attach("orders:n1", serde_json::json!({"rewind": 100}))
         .await;

@@ -1,12 +1,13 @@
 //! A stalled client hurts only itself: the others keep their latency, it is closed with a
 //! resumable reason, and it resumes without loss.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{metric, publish, serials, Client, TestServer, KEY};
 use serde_json::{json, Value};
+use tidings_testkit::rest::{metric, publish, serials};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::{KEY, WAIT};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const SEND_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -75,7 +76,7 @@ async fn stalled_client_is_closed_and_resumes_without_slowing_others() {
     );
 
     // The server gave up on the stalled client with the slow-consumer reason.
-    let deadline = Instant::now() + common::WAIT;
+    let deadline = Instant::now() + WAIT;
     while metric(
         &http,
         &t.http(),

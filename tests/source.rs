@@ -1,14 +1,15 @@
 //! The source runner against the real log: batches land atomically with their checkpoint, the
 //! source hears `committed` only after that, and a restart resumes after the checkpoint.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::{history, Client, TestServer, KEY};
 use serde_json::json;
 use tidings::source::{PoisonPolicy, SourceOptions};
 use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
+use tidings_testkit::rest::history;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 
 /// A change feed of numbered transactions, each of three messages, that fails once on purpose.
 struct Feed {

@@ -1,11 +1,11 @@
 //! `tidings tail`, the real binary, against a real server: it prints what is published.
 
-mod common;
-
 use std::process::Stdio;
 
-use common::{publish, TestServer, KEY, WAIT};
 use serde_json::{json, Value};
+use tidings_testkit::rest::publish;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::{KEY, WAIT};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::{Child, Command};
 

@@ -1,14 +1,15 @@
 //! Signed tokens: what they allow, and the attacks they must withstand.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{publish, Client, SseClient, TestServer};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tidings::config::PublicKeyConfig;
+use tidings_testkit::rest::publish;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::sse::SseClient;
+use tidings_testkit::ws::Client;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const SECRET: &str = "test-secret-1"; // the secret of KEY ("test:test-secret-1")

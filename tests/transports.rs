@@ -1,12 +1,15 @@
 //! Every transport resumes after its connection is cut mid-stream, with no loss and no
 //! duplicate, and says so when continuity was lost.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{publish, serials, Client, Proxy, SseClient, TestServer, KEY};
 use serde_json::{json, Value};
+use tidings_testkit::proxy::Proxy;
+use tidings_testkit::rest::{publish, serials};
+use tidings_testkit::server::TestServer;
+use tidings_testkit::sse::SseClient;
+use tidings_testkit::ws::Client;
+use tidings_testkit::KEY;
 
 async fn publish_range(http: &reqwest::Client, base: &str, channel: &str, from: u64, to: u64) {
     let batch: Vec<Value> = (from..to).map(|i| json!({"data": i})).collect();

@@ -1,11 +1,10 @@
 //! Static pages beside the API (`web_root`): the inventory demo's page is served this way.
 
-mod common;
-
 use std::process::Command;
 
-use common::{TestServer, KEY};
 use serde_json::Value;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::KEY;
 
 #[tokio::test]
 async fn a_web_root_serves_pages_while_the_api_keeps_its_routes() {

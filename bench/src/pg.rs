@@ -34,16 +34,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
+use tidings_testkit::postgres::Cluster;
+use tidings_testkit::process::Process;
+use tidings_testkit::KEY;
+
 use crate::common::{self, Report};
 
-const USER: &str = "bench";
-const PASSWORD: &str = "bench-pw";
-const KEY: &str = "bench:bench-secret-1";
 /// The channel outbox rows are written to, and the one the relay publishes on.
 const CHANNEL: &str = "pg:bench";
 const RELAY_CHANNEL: &str = "relay:bench";
@@ -113,7 +114,8 @@ pub async fn run(a: &PgArgs) -> Result<Vec<Report>> {
             server.display()
         );
     }
-    let pg = Cluster::start().context("starting a throwaway Postgres")?;
+    let pg =
+        Cluster::try_start_with("max_connections = 50").context("starting a throwaway Postgres")?;
     let url = pg.url();
     prepare(&server, &url).await?;
     let mut reports = Vec::new();
@@ -291,7 +293,7 @@ async fn drain_time(http: &reqwest::Client, base: &str, channel: &str, rows: u64
 /// `pg_recvlogical` from slot `recv` up to `end`: rows decoded, and seconds from its first
 /// output to its exit.
 async fn recvlogical_drain(pg: &Cluster, end: &str) -> Result<(u64, f64)> {
-    let mut child = pg.recvlogical(Some(end))?;
+    let mut child = recvlogical(pg, Some(end))?;
     let mut out = child.stdout.take().expect("piped");
     let mut buf = vec![0u8; 1 << 16];
     let mut rows = 0;
@@ -463,7 +465,7 @@ impl Receivers {
                 }
             }));
         }
-        let mut recv = pg.recvlogical(None)?;
+        let mut recv = recvlogical(pg, None)?;
         let mut out = recv.stdout.take().expect("piped");
         let st = state.clone();
         tasks.push(tokio::spawn(async move {
@@ -609,14 +611,16 @@ impl Relay {
 
 /// The `tidings` binary, with the Postgres connector on `url` when given.
 struct Tidings {
-    _child: Child,
-    _dir: tempfile_dir::Dir,
+    _process: Process,
+    _dir: tempfile::TempDir,
     http: String,
 }
 
 impl Tidings {
     async fn start(server: &Path, url: Option<&str>) -> Result<Tidings> {
-        let dir = tempfile_dir::Dir::new("tidings-bench-pg")?;
+        let dir = tempfile::Builder::new()
+            .prefix("tidings-bench-pg-")
+            .tempdir()?;
         let config = dir.path().join("tidings.toml");
         let mut text = String::from("[limits]\npublish_rate = 10000000\n");
         if let Some(url) = url {
@@ -625,241 +629,39 @@ impl Tidings {
             ));
         }
         std::fs::write(&config, text)?;
-        let mut child = Command::new(server)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--api-key",
-                KEY,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["message"] == "tidings listening" {
-                    return Ok(v["addr"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-            Err(anyhow!("tidings exited before listening"))
-        })
-        .await
-        .map_err(|_| anyhow!("tidings did not start within 30 s"))??;
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let config = config.to_str().context("a temporary path that is UTF-8")?;
+        let command = Process::command(server, &dir.path().join("data"), &["--config", config]);
+        let mut process = Process::try_spawn(command)?;
+        // Longer than a test waits: a benchmark host may still be busy with the scenario
+        // before this one.
+        process.try_listening(Duration::from_secs(30)).await?;
         Ok(Tidings {
-            _child: child,
+            http: process.http(),
+            _process: process,
             _dir: dir,
-            http: format!("http://{addr}"),
         })
     }
 }
 
-/// A temporary directory removed on drop (no extra dependency for one directory).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(prefix: &str) -> std::io::Result<Dir> {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "{prefix}-{}-{}-{}",
-                std::process::id(),
-                crate::common::unix_ms(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path)?;
-            Ok(Dir(path))
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
+/// `pg_recvlogical` on slot `recv` of `pg` to a pipe, up to `end` when given.
+fn recvlogical(pg: &Cluster, end: Option<&str>) -> Result<Child> {
+    let mut cmd = Command::new(pg.tool("pg_recvlogical"));
+    cmd.args(["-d", &pg.url(), "--slot", "recv", "--start", "-f", "-"])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=tidings_outbox",
+        ])
+        .args(["-F", "1"]);
+    if let Some(end) = end {
+        cmd.args(["--endpos", end]);
     }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A throwaway Postgres cluster from the system's binaries (as `tests/support` starts one):
-/// `initdb` into a temporary directory, `wal_level = logical`, a free port; as root, the
-/// server runs as the user `postgres`.
-struct Cluster {
-    dir: tempfile_dir::Dir,
-    port: u16,
-    bin: PathBuf,
-    run_as: Option<String>,
-}
-
-impl Cluster {
-    fn start() -> Result<Cluster> {
-        let bin = pg_bin()?;
-        let dir = tempfile_dir::Dir::new("tidings-bench-postgres")?;
-        let run_as = is_root().then(|| "postgres".to_owned());
-        if let Some(user) = &run_as {
-            sync_run(
-                std::process::Command::new("chown")
-                    .arg("-R")
-                    .arg(user)
-                    .arg(dir.path()),
-            )?;
-        }
-        let pwfile = dir.path().join("pwfile");
-        std::fs::write(&pwfile, PASSWORD)?;
-        if let Some(user) = &run_as {
-            sync_run(std::process::Command::new("chown").arg(user).arg(&pwfile))?;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let c = Cluster {
-            dir,
-            port,
-            bin,
-            run_as,
-        };
-        let data = c.dir.path().join("data");
-        c.run(
-            "initdb",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-U",
-                USER,
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--pwfile",
-                &pwfile.display().to_string(),
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        )?;
-        let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf)?;
-        text.push_str(&format!(
-            "\nwal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\nlog_min_messages = warning\nmax_connections = 50\n",
-            c.dir.path().display()
-        ));
-        std::fs::write(&conf, text)?;
-        c.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-l",
-                &c.dir.path().join("log").display().to_string(),
-                "start",
-                "-w",
-                "-t",
-                "60",
-            ],
-        )?;
-        Ok(c)
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable",
-            self.port
-        )
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
-        let exe = self.bin.join(tool);
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = std::process::Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
-                c
-            }
-            None => std::process::Command::new(&exe),
-        };
-        cmd.args(args);
-        sync_run(&mut cmd)
-    }
-
-    /// `pg_recvlogical` on slot `recv` to a pipe, up to `end` when given.
-    fn recvlogical(&self, end: Option<&str>) -> Result<Child> {
-        let mut cmd = Command::new(self.bin.join("pg_recvlogical"));
-        cmd.args(["-d", &self.url(), "--slot", "recv", "--start", "-f", "-"])
-            .args([
-                "-o",
-                "proto_version=1",
-                "-o",
-                "publication_names=tidings_outbox",
-            ])
-            .args(["-F", "1"]);
-        if let Some(end) = end {
-            cmd.args(["--endpos", end]);
-        }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting pg_recvlogical")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data").display().to_string();
-        let _ = self.run("pg_ctl", &["-D", &data, "stop", "-m", "immediate", "-w"]);
-    }
-}
-
-fn sync_run(cmd: &mut std::process::Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// The newest `/usr/lib/postgresql/*/bin` holding `initdb`.
-fn pg_bin() -> Result<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let v = e.file_name().to_str()?.parse().ok()?;
-                    let bin = e.path().join("bin");
-                    bin.join("initdb").exists().then_some((v, bin))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found.pop().map(|(_, b)| b).ok_or_else(|| {
-        anyhow!("Postgres server binaries not found under /usr/lib/postgresql/*/bin: apt-get install -y postgresql")
-    })
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pg_recvlogical")
 }
 
 #[cfg(test)]

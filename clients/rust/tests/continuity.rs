@@ -1,18 +1,21 @@
 //! Continuity lost surfaces as a typed event, on every transport, never as a silent gap.
 
-mod support;
+mod subscriber;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{client, messages, next_event, publish, Proxy, TestServer};
+use subscriber::{client, messages, next_event};
 use tidings::channel::ChannelName;
 use tidings_client::{ContinuityLost, Event, Position, Start, Transport};
+use tidings_testkit::proxy::Proxy;
+use tidings_testkit::rest::publish_data;
+use tidings_testkit::server::TestServer;
 
 async fn stale_epoch_is_reported(transport: Transport) {
     let t = TestServer::start().await;
     let http = reqwest::Client::new();
-    publish(&http, &t.http(), "c", &[json!(1), json!(2), json!(3)]).await;
+    publish_data(&http, &t.http(), "c", &[json!(1), json!(2), json!(3)]).await;
     let c = client(&t.http()).transports(&[transport]).build().unwrap();
     let stale = Position {
         epoch: "0123456789abcdef".into(),
@@ -34,7 +37,7 @@ async fn stale_epoch_is_reported(transport: Transport) {
         other => panic!("{transport}: expected continuity lost, got {other:?}"),
     };
     assert_eq!(sub.position().unwrap().epoch, epoch);
-    publish(&http, &t.http(), "c", &[json!(4)]).await;
+    publish_data(&http, &t.http(), "c", &[json!(4)]).await;
     assert_eq!(messages(&mut sub, 1).await[0].serial, 4);
     assert_eq!(
         sub.position(),
@@ -84,9 +87,9 @@ async fn a_wiped_server_is_reported_after_a_reconnect() {
     let a = TestServer::start().await;
     let proxy = Proxy::start(a.addr()).await;
     let http = reqwest::Client::new();
-    let c = client(&proxy.url()).build().unwrap();
+    let c = client(&proxy.http()).build().unwrap();
     let mut sub = c.attach("w", Start::Now).await.unwrap();
-    publish(&http, &a.http(), "w", &[json!(1), json!(2)]).await;
+    publish_data(&http, &a.http(), "w", &[json!(1), json!(2)]).await;
     assert_eq!(messages(&mut sub, 2).await[1].serial, 2);
     let old_epoch = sub.position().unwrap().epoch.clone();
 
@@ -103,7 +106,7 @@ async fn a_wiped_server_is_reported_after_a_reconnect() {
         }
         other => panic!("expected continuity lost, got {other:?}"),
     }
-    publish(&http, &b.http(), "w", &[json!("new")]).await;
+    publish_data(&http, &b.http(), "w", &[json!("new")]).await;
     let m = messages(&mut sub, 1).await;
     assert_eq!(m[0].data_as::<Value>().unwrap(), json!("new"));
     c.close().await;
@@ -116,7 +119,7 @@ async fn reset_while_attached(transport: Transport) {
     let http = reqwest::Client::new();
     let c = client(&t.http()).transports(&[transport]).build().unwrap();
     let mut sub = c.attach("r", Start::Now).await.unwrap();
-    publish(&http, &t.http(), "r", &[json!(1)]).await;
+    publish_data(&http, &t.http(), "r", &[json!(1)]).await;
     assert_eq!(messages(&mut sub, 1).await[0].serial, 1);
     let before = sub.position().unwrap().clone();
     // Reset while the connection is established (on long-poll: while a poll waits; a poll
@@ -137,7 +140,7 @@ async fn reset_while_attached(transport: Transport) {
         }
         other => panic!("{transport}: expected continuity lost, got {other:?}"),
     }
-    publish(&http, &t.http(), "r", &[json!(2)]).await;
+    publish_data(&http, &t.http(), "r", &[json!(2)]).await;
     assert_eq!(messages(&mut sub, 1).await[0].data_as::<u64>().unwrap(), 2);
     c.close().await;
 }

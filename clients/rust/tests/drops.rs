@@ -1,7 +1,7 @@
 //! The client against the real server through a proxy that drops connections at random while
 //! messages are published: every message arrives exactly once, in order.
 
-mod support;
+mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{json, Value};
-use support::{assert_quiet, client, messages, publish, Proxy, TestServer, WAIT};
+use subscriber::{assert_quiet, client, messages};
 use tidings_client::{Client, Event, Start, Transport};
+use tidings_testkit::proxy::Proxy;
+use tidings_testkit::rest::publish_data;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::WAIT;
 
 /// Publish continuously, cut the client's connection `drops` times at random moments (each
 /// time once it is connected again), then check that what the client received is exactly what
@@ -19,7 +23,7 @@ use tidings_client::{Client, Event, Start, Transport};
 async fn survives_random_drops(transport: Transport, drops: usize) {
     let t = TestServer::start().await;
     let proxy = Arc::new(Proxy::start(t.addr()).await);
-    let c = client(&proxy.url())
+    let c = client(&proxy.http())
         .transports(&[transport])
         .poll_wait(Duration::from_millis(500))
         .build()
@@ -37,7 +41,7 @@ async fn survives_random_drops(transport: Transport, drops: usize) {
             while !done.load(Ordering::SeqCst) {
                 let from = published.load(Ordering::SeqCst);
                 let batch: Vec<Value> = (from..from + 5).map(|i| json!(i)).collect();
-                publish(&http, &base, "drops:1", &batch).await;
+                publish_data(&http, &base, "drops:1", &batch).await;
                 published.fetch_add(5, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -163,18 +167,18 @@ async fn silent_connection_is_replaced(transport: Transport) {
     let proxy = Proxy::start(t.addr()).await;
     let http = reqwest::Client::new();
     // WebSocket learns the interval from `connected`; SSE is told.
-    let c = client(&proxy.url())
+    let c = client(&proxy.http())
         .transports(&[transport])
         .heartbeat(Duration::from_millis(200))
         .build()
         .unwrap();
     let mut sub = c.attach("quiet", Start::Now).await.unwrap();
-    publish(&http, &t.http(), "quiet", &[json!(1)]).await;
+    publish_data(&http, &t.http(), "quiet", &[json!(1)]).await;
     assert_eq!(messages(&mut sub, 1).await[0].serial, 1);
 
     proxy.freeze();
     let frozen = Instant::now();
-    publish(&http, &t.http(), "quiet", &[json!(2), json!(3)]).await;
+    publish_data(&http, &t.http(), "quiet", &[json!(2), json!(3)]).await;
     let late = messages(&mut sub, 2).await;
     assert_eq!(
         late.iter().map(|m| m.serial).collect::<Vec<_>>(),
@@ -234,8 +238,8 @@ async fn a_slow_reader_gets_everything_in_order() {
         let mut sub = c.attach(&channel, Start::Now).await.unwrap();
         let mut fast = c.attach("slow:other", Start::Now).await.unwrap();
         let data: Vec<Value> = (0..500).map(|i| json!(i)).collect();
-        publish(&http, &t.http(), &channel, &data).await;
-        publish(&http, &t.http(), "slow:other", &[json!("x")]).await;
+        publish_data(&http, &t.http(), &channel, &data).await;
+        publish_data(&http, &t.http(), "slow:other", &[json!("x")]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let got = messages(&mut sub, 500).await;
         let serials: Vec<u64> = got.iter().map(|m| m.serial).collect();

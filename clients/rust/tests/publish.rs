@@ -1,10 +1,11 @@
 //! Publishing through the client, and bad input refused before anything is sent.
 
-mod support;
+mod subscriber;
 
 use serde_json::json;
-use support::{client, messages, TestServer};
+use subscriber::{client, messages};
 use tidings_client::{Error, ErrorCode, Publish, Start, Transport};
+use tidings_testkit::server::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_returns_the_serial_on_every_transport() {

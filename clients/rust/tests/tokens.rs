@@ -2,7 +2,7 @@
 //! server says they expired (close 4001, SSE `token_expired`, a 401 on long-poll), without
 //! losing or repeating a message. Refused credentials stop the client with a typed error.
 
-mod support;
+mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,10 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{messages, publish, wait_state, TestServer, KEY, WAIT};
+use subscriber::{messages, wait_state};
 use tidings_client::{
     Client, ConnectionState, Error, ErrorCode, Event, Start, Stats, Token, Transport,
 };
+use tidings_testkit::rest::publish_data;
+use tidings_testkit::server::TestServer;
+use tidings_testkit::{KEY, WAIT};
 
 /// A token source that asks the server for `ttl` tokens. `honest: false` claims a far expiry,
 /// so the client never renews in-band and meets the server's 4001 instead.
@@ -72,7 +75,7 @@ async fn across_expiries(transport: Transport, honest: bool, run: Duration) -> (
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < run {
-        publish(&http, &t.http(), "tok", &[json!(sent)]).await;
+        publish_data(&http, &t.http(), "tok", &[json!(sent)]).await;
         sent += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -83,7 +86,7 @@ async fn across_expiries(transport: Transport, honest: bool, run: Duration) -> (
         (0..sent).collect::<Vec<_>>(),
         "{transport}: once, in order"
     );
-    support::assert_quiet(&mut sub).await;
+    subscriber::assert_quiet(&mut sub).await;
     let stats = c.stats();
     c.close().await;
     (stats, calls.load(Ordering::SeqCst))
@@ -174,7 +177,7 @@ async fn forbidden_channel(transport: Transport) {
     let mut ok = c.attach("a:1", Start::Now).await.unwrap();
     let e = c.attach("b:1", Start::Now).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{transport}: {e}");
-    publish(&reqwest::Client::new(), &t.http(), "a:1", &[json!(1)]).await;
+    publish_data(&reqwest::Client::new(), &t.http(), "a:1", &[json!(1)]).await;
     match tokio::time::timeout(WAIT, ok.next()).await.unwrap() {
         Some(Ok(Event::Message(m))) => assert_eq!(m.serial, 1),
         other => panic!("{transport}: {other:?}"),

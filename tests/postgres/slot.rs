@@ -1,0 +1,227 @@
+//! A lost replication slot: the server stops saying what was lost and the fix, or with
+//! `on_slot_lost = "recreate"` recovers and gives its channels a new epoch.
+
+use std::time::{Duration, Instant};
+
+use tidings_testkit::postgres::Cluster;
+use tidings_testkit::process::Process;
+use tidings_testkit::rest::channel_epoch;
+use tidings_testkit::ws::Client;
+use tidings_testkit::{tidings_exe, KEY};
+
+use crate::in_process::InProcess;
+use crate::outbox::{expect_messages, write_txns, Outbox};
+use crate::CATCH_UP;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let mut tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &url]).await;
+    write_txns(&url, "slot:1", 0, 3, 1).await;
+    expect_messages(&tidings.http(), "slot:1", 3).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &tidings.pid().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), tidings.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a clean shutdown");
+
+    let admin = pg.sql().await;
+    admin
+        .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+        .await
+        .unwrap();
+    write_txns(&url, "slot:1", 3, 2, 1).await;
+
+    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &url]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success(), "a lost slot is a failure");
+    let lines = tidings.log();
+    assert!(lines.contains("does not exist"), "{lines}");
+    assert!(lines.contains("can no longer be streamed"), "{lines}");
+    assert!(lines.contains("on_slot_lost"), "{lines}");
+    // It did not quietly create a new slot and carry on.
+    let slots: i64 = admin
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+
+    // Recreating the slot by hand does not make the hole go away: the slot is past the
+    // checkpoint, and Tidings still refuses to resume across it.
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot('tidings', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap();
+    write_txns(&url, "slot:1", 5, 1, 1).await;
+    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &url]);
+    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
+        .await
+        .expect("tidings stops by itself")
+        .unwrap();
+    assert!(!status.success(), "a slot past the checkpoint is a failure");
+    let lines = tidings.log();
+    assert!(
+        lines.contains("but this connector's checkpoint is at LSN"),
+        "{lines}"
+    );
+    assert!(lines.contains("on_slot_lost"), "{lines}");
+}
+
+/// The recovery the error points to: `on_slot_lost = "recreate"`, and clients holding the old
+/// history are told continuity was lost (a new epoch) instead of resuming across the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovering_from_a_dropped_slot_gives_its_channels_a_new_epoch() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let config = data.path().join("tidings.toml");
+    std::fs::write(
+        &config,
+        format!("[connectors.postgres]\ntype = \"postgres\"\nurl = \"{url}\"\non_slot_lost = \"recreate\"\nstatus_interval = \"500ms\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut tidings = Process::serve(tidings_exe!(), data.path(), &["--config", config]).await;
+    write_txns(&url, "slot:1", 0, 3, 1).await;
+    write_txns(&url, "untouched:1", 0, 1, 1).await;
+    expect_messages(&tidings.http(), "slot:1", 3).await;
+    expect_messages(&tidings.http(), "untouched:1", 1).await;
+    let before = channel_epoch(&tidings.http(), "slot:1").await;
+    tidings.kill9().await;
+
+    let admin = pg.sql().await;
+    admin
+        .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+        .await
+        .unwrap();
+    // Committed while there is no slot: lost, which is why the channel gets a new epoch.
+    write_txns(&url, "slot:1", 3, 2, 1).await;
+
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--config", config]).await;
+    let slot_back = wait_for_slot(&admin, "tidings").await;
+    assert!(slot_back, "the connector created the slot again");
+    write_txns(&url, "slot:1", 5, 2, 1).await;
+    let items = expect_messages(&tidings.http(), "slot:1", 2).await;
+    let txns: Vec<u64> = items
+        .iter()
+        .map(|m| m["data"]["txn"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        txns,
+        [5, 6],
+        "the new history holds what was committed after recovery"
+    );
+    let after = channel_epoch(&tidings.http(), "slot:1").await;
+    assert_ne!(before, after, "slot:1 has a new epoch");
+    // A channel with no message in the hole is reset too: the connector cannot know what the
+    // lost WAL held, so every channel it published to restarts.
+    assert_ne!(
+        channel_epoch(&tidings.http(), "untouched:1").await,
+        before,
+        "untouched:1 has a new epoch"
+    );
+    // A client resuming from the old history is told continuity was lost.
+    let ws = format!("ws://{}/v1/connect", tidings.addr());
+    let mut client = Client::connect(&ws, Some(KEY)).await;
+    let attached = client
+        .attach(
+            "slot:1",
+            serde_json::json!({"from": {"epoch": before, "serial": 3}}),
+        )
+        .await;
+    assert_eq!(attached["resumed"], false, "{attached}");
+    assert_eq!(attached["reason"], "epoch_changed", "{attached}");
+    assert_eq!(attached["epoch"], after.as_str(), "{attached}");
+    assert!(tidings
+        .logged("replication slot lost changes; its channels get a new epoch and clients resync")
+        .iter()
+        .any(|l| l["loss"] == "dropped"));
+}
+
+/// The slot dropped under a running connector (walsender terminated first, as an operator
+/// would have to): with `on_slot_lost = "recreate"` it recovers without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_dropped_while_streaming_is_recreated_and_its_channels_reset() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start(&pg, |c| {
+        c.on_slot_lost = tidings_connector_postgres::OnSlotLost::Recreate;
+    })
+    .await;
+    write_txns(&pg.url(), "live:1", 0, 2, 1).await;
+    expect_messages(&t.http(), "live:1", 2).await;
+    let before = t
+        .server
+        .log()
+        .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+        .epoch;
+    let admin = pg.sql().await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'tidings' AND active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        if admin
+            .execute("SELECT pg_drop_replication_slot('tidings')", &[])
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "could not drop the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wait_for_slot(&admin, "tidings").await, "recreated");
+    write_txns(&pg.url(), "live:1", 2, 2, 1).await;
+    let items = expect_messages(&t.http(), "live:1", 2).await;
+    assert_eq!(items[0]["data"]["txn"], 2, "{items:?}");
+    assert_ne!(
+        t.server
+            .log()
+            .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+            .epoch,
+        before,
+        "a new epoch"
+    );
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
+/// Wait until `slot` exists.
+async fn wait_for_slot(admin: &tokio_postgres::Client, slot: &str) -> bool {
+    let deadline = Instant::now() + CATCH_UP;
+    while Instant::now() < deadline {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
