@@ -176,10 +176,12 @@ impl<'t> Stage<'t> {
             self.stage_channel(key)?;
         }
         let st = self.channels.get_mut(key).expect("staged above");
+        // The two per-message statements bind tuples, not `params![]`: each value is then bound
+        // through its own type, with no `dyn ToSql` call per parameter.
         if let Some(id) = &m.id {
             let found: Option<i64> = self
                 .dedup
-                .query_row(params![st.meta.id, id, self.dedup_since], |r| r.get(0))
+                .query_row((st.meta.id, id, self.dedup_since), |r| r.get(0))
                 .optional()?;
             if let Some(serial) = found {
                 return Ok(Appended {
@@ -189,15 +191,15 @@ impl<'t> Stage<'t> {
             }
         }
         let serial = st.meta.head + 1;
-        self.insert.execute(params![
+        self.insert.execute((
             st.meta.id,
             serial as i64,
-            m.id,
-            m.name,
+            &m.id,
+            &m.name,
             m.data.as_deref().map(RawValue::get),
             m.headers.as_deref().map(RawValue::get),
-            self.ts as i64
-        ])?;
+            self.ts as i64,
+        ))?;
         st.meta.head = serial;
         st.new.push(StoredMessage {
             serial,
