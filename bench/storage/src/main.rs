@@ -1,5 +1,5 @@
 //! Storage-engine benchmark for the Tidings channel log: SQLite (rusqlite, bundled, WAL,
-//! `synchronous=FULL`, the schema of `src/log/embedded.rs`) against redb (`Durability::Immediate`).
+//! `synchronous=FULL`, the schema of `src/log/embedded/schema.rs`) against redb (`Durability::Immediate`).
 //! Every commit is durable (fsync'd) in both engines. See `docs/storage.md` for the figures.
 //!
 //! Usage: `tidings-storage-bench [--runs N] [--secs S] [--fill N] [--range N] [--cold]
@@ -115,7 +115,7 @@ impl Kind {
     }
 }
 
-/// A writer over one engine. Channel heads are kept in memory, as `embedded.rs` does, and the
+/// A writer over one engine. Channel heads are kept in memory, as the embedded log (`src/log/embedded/`) does, and the
 /// channel's head row is updated in the same transaction as the messages.
 trait Log {
     /// Append `msgs` to `channel` in one durable transaction. With `dedup`, each message's id is
@@ -124,7 +124,7 @@ trait Log {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SQLite, as in src/log/embedded.rs.
+// SQLite, as in src/log/embedded/schema.rs.
 
 struct Sqlite {
     conn: Connection,
@@ -133,7 +133,7 @@ struct Sqlite {
 
 const SQLITE_FILE: &str = "log.sqlite";
 
-/// The dedup index of embedded.rs, and the covering variant.
+/// The dedup index of the embedded log, and the covering variant.
 const INDEX_AS_IS: &str = "CREATE INDEX IF NOT EXISTS messages_by_id ON messages (channel_id, msg_id)
              WHERE msg_id IS NOT NULL;";
 const INDEX_COVERING: &str = "CREATE INDEX IF NOT EXISTS messages_by_id ON messages (channel_id, msg_id, ts)
@@ -652,7 +652,7 @@ fn io_mode(kind: Kind, commits: usize, size: usize) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Show which index the bundled SQLite picks for the dedup lookup of embedded.rs.
+/// Show which index the bundled SQLite picks for the dedup lookup of the embedded log.
 fn print_plans() {
     for covering in [false, true] {
         let conn = Connection::open_in_memory().unwrap();
@@ -670,7 +670,7 @@ fn print_plans() {
         eprintln!(
             "SQLite {} dedup lookup plan ({} index): {}",
             rusqlite::version(),
-            if covering { "covering" } else { "embedded.rs" },
+            if covering { "covering" } else { "embedded log" },
             plan.join("; ")
         );
     }
@@ -846,7 +846,7 @@ fn main() {
                 let test = format!("clean reopen + heads, {tag}");
                 acc.push(&test, kind, "ms", o.as_secs_f64() * 1e3);
                 if let Some(s) = scan {
-                    let test = format!("+ MAX(ts) scan of embedded.rs open, {tag}");
+                    let test = format!("+ MAX(ts) scan of the embedded log open, {tag}");
                     acc.push(&test, kind, "ms", s.as_secs_f64() * 1e3);
                 }
                 let st = Command::new(std::env::current_exe().unwrap())
