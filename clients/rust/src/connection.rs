@@ -34,13 +34,14 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::attachment::Attachments;
-use crate::auth::Auth;
-use crate::backoff::Backoff;
+use crate::command::Command;
 use crate::error::Error;
-use crate::rest::{self, endpoint, with_credential, Encoded};
+use crate::publish::Encoded;
+use crate::rest::{self, endpoint, with_credential};
+use crate::settings::Shared;
 use crate::sse::{SseEvent, SseParser};
-use crate::state::{ConnectionState, Counters, Transport};
-use crate::subscription::{Item, Start};
+use crate::state::{ConnectionState, Counters};
+use crate::transport::Transport;
 
 /// Missed heartbeats tolerated: a connection silent for this many heartbeat intervals is dead.
 const DEAD_AFTER_HEARTBEATS: f64 = 2.5;
@@ -50,51 +51,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const RENEW_RETRY: Duration = Duration::from_secs(1);
 /// Largest error body read from a refused request.
 const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// Settings of the connection, from the builder.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub transports: Vec<Transport>,
-    pub backoff: Backoff,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub poll_wait: Duration,
-    pub heartbeat: Duration,
-    pub buffer: usize,
-}
-
-/// What the client handles and the connection task share.
-pub(crate) struct Shared {
-    /// Base URL, `http` or `https`, path ending in `/`.
-    pub base: Url,
-    pub settings: Settings,
-    pub auth: Auth,
-    pub http: reqwest::Client,
-    pub counters: Arc<Counters>,
-}
-
-/// Requests from the application to the connection task.
-pub(crate) enum Command {
-    Attach {
-        channel: String,
-        id: u64,
-        start: Start,
-        events: mpsc::Sender<Item>,
-        confirm: oneshot::Sender<Result<(), Error>>,
-    },
-    Detach {
-        channel: String,
-        id: u64,
-    },
-    Publish {
-        channel: String,
-        message: Encoded,
-        reply: oneshot::Sender<Result<u64, Error>>,
-    },
-    Close {
-        done: oneshot::Sender<()>,
-    },
-}
 
 /// How a connection that was up ended.
 enum Ended {
