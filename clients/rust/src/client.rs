@@ -13,7 +13,7 @@ use crate::auth::{Auth, Credentials, Token};
 use crate::backoff::Backoff;
 use crate::channel::validate_channel;
 use crate::command::Command;
-use crate::connection::Driver;
+use crate::driver::Driver;
 use crate::error::{BoxError, Error};
 use crate::publish::{Encoded, Publish};
 use crate::rest;

@@ -1,7 +1,17 @@
-//! The ways of reaching the server, named, so that errors and states can name one without
+//! The ways of reaching the server, one file each: [`ws`] (WebSocket), [`sse`] (Server-Sent
+//! Events) and [`poll`] (long-polling), mirroring the server's `src/server/`. Each connects and
+//! then serves a [`Connection`](crate::connection::Connection) until the connection ends; the
+//! [`Driver`](crate::driver::Driver) chooses which one to try.
+//!
+//! This file names the transports only, so that errors and states can name one without
 //! depending on how it works.
 
 use std::fmt;
+
+mod event_stream;
+pub(crate) mod poll;
+pub(crate) mod sse;
+pub(crate) mod ws;
 
 /// A way of reaching the server. The client tries them in the order given to
 /// [`ClientBuilder::transports`](crate::ClientBuilder::transports), by default WebSocket, then
