@@ -16,8 +16,9 @@ use tidings_protocol::{ContinuityLost, MessageFrame, Position};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
+use crate::event::{Event, Item};
+use crate::start::Start;
 use crate::state::Counters;
-use crate::subscription::{Event, Item, Start};
 
 /// One attached channel.
 pub(crate) struct Attachment {

@@ -12,11 +12,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::auth::{Auth, Credentials, Token};
 use crate::backoff::Backoff;
 use crate::channel::validate_channel;
-use crate::connection::{Command, Driver, Settings, Shared};
+use crate::command::Command;
+use crate::driver::Driver;
 use crate::error::{BoxError, Error};
-use crate::rest::{self, Encoded};
-use crate::state::{ConnectionState, Counters, Stats, Transport};
-use crate::subscription::{Publish, Start, Subscription};
+use crate::publish::{Encoded, Publish};
+use crate::rest;
+use crate::settings::{Settings, Shared};
+use crate::start::Start;
+use crate::state::{ConnectionState, Counters, Stats};
+use crate::subscription::Subscription;
+use crate::transport::Transport;
 
 /// Default time a transport may take to connect before the next one is tried.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tidings_protocol::{ErrorBody, ErrorCode};
 
-use crate::state::Transport;
+use crate::transport::Transport;
 
 /// A boxed error, as returned by a token source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -23,12 +23,19 @@ mod auth;
 mod backoff;
 mod channel;
 mod client;
+mod command;
 mod connection;
+mod driver;
 mod error;
+mod event;
+mod outcome;
+mod publish;
 mod rest;
-mod sse;
+mod settings;
+mod start;
 mod state;
 mod subscription;
+mod transport;
 
 pub use auth::{Token, TokenFuture};
 pub use backoff::Backoff;
@@ -38,6 +45,10 @@ pub use client::{
     DEFAULT_POLL_WAIT, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{BoxError, Error};
-pub use state::{ConnectionState, Stats, Transport};
-pub use subscription::{Event, Message, Publish, Start, Subscription};
+pub use event::{Event, Message};
+pub use publish::Publish;
+pub use start::Start;
+pub use state::{ConnectionState, Stats};
+pub use subscription::Subscription;
 pub use tidings_protocol::{ContinuityLost, ErrorCode, HistoryItem, HistoryPage, Position};
+pub use transport::Transport;

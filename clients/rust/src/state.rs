@@ -1,39 +1,12 @@
-//! What the application can watch: the connection's state, the transport in use, counters.
+//! What the application can watch: the connection's state (with the transport in use) and
+//! counters.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-
-/// A way of reaching the server. The client tries them in the order given to
-/// [`ClientBuilder::transports`](crate::ClientBuilder::transports), by default WebSocket, then
-/// Server-Sent Events, then long-polling, and moves to the next when one fails to connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// `GET /v1/connect`: one bidirectional connection, publishes and token renewal in-band.
-    WebSocket,
-    /// `GET /v1/sse`: a streaming response; publishes go over REST.
-    Sse,
-    /// `GET /v1/poll`: repeated requests, for proxies that break streaming.
-    LongPoll,
-}
-
-impl Transport {
-    /// Every transport, in the default order of preference.
-    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::LongPoll];
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::WebSocket => "websocket",
-            Transport::Sse => "sse",
-            Transport::LongPoll => "long-poll",
-        })
-    }
-}
+use crate::transport::Transport;
 
 /// The connection's state, published on [`Client::state`](crate::Client::state).
 #[derive(Debug, Clone)]

@@ -1,106 +1,16 @@
-//! What an application receives for one attached channel: a [`Stream`] of [`Event`]s.
+//! The application's end of one attached channel: a [`Stream`] of [`Event`]s that detaches the
+//! channel when dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use tidings_protocol::{ContinuityLost, MessageFrame, Position};
+use tidings_protocol::Position;
 use tokio::sync::mpsc;
 
-use crate::connection::Command;
+use crate::command::Command;
 use crate::error::Error;
-
-/// A delivered message: `channel`, `serial`, `id`, `name`, `data`, `headers`, `timestamp`, as on
-/// the wire.
-pub type Message = MessageFrame;
-
-/// Where a new subscription starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// Only messages published after the attach.
-    Now,
-    /// Resume after a position saved earlier (the epoch and the serial of the last message
-    /// processed). If the server cannot continue from it, the stream says so first with
-    /// [`Event::ContinuityLost`].
-    From(Position),
-    /// The last N messages, then live ones.
-    Rewind(u64),
-}
-
-/// One item of a [`Subscription`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The next message of the channel: serials strictly increase, none is repeated.
-    Message(Message),
-    /// Messages were missed and cannot be delivered: the channel's history was reset
-    /// (`epoch_changed`), retention removed them (`history_expired`), or the position was never
-    /// issued (`position_ahead`). Discard local state, reload it (REST history or your backend),
-    /// and continue: messages after `position` follow.
-    ContinuityLost {
-        /// The channel.
-        channel: String,
-        /// Why continuity was lost.
-        reason: ContinuityLost,
-        /// The position delivery continues after (the channel's head in its current epoch).
-        position: Position,
-    },
-}
-
-/// A message to publish. At least one of `name` and `data` is needed.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Publish {
-    /// Idempotency key (1–255 bytes): publishing the same id again appends nothing and answers
-    /// the existing serial. With an id, the client retries a publish interrupted by a dropped
-    /// connection; without one, it reports [`Error::PublishInterrupted`] instead.
-    pub id: Option<String>,
-    /// Event name, for the application's dispatch.
-    pub name: Option<String>,
-    /// Any JSON value.
-    pub data: Option<serde_json::Value>,
-    /// A JSON object of headers.
-    pub headers: Option<serde_json::Value>,
-}
-
-impl Publish {
-    /// A message with this data.
-    pub fn data(data: serde_json::Value) -> Publish {
-        Publish {
-            data: Some(data),
-            ..Publish::default()
-        }
-    }
-
-    /// Set the event name.
-    pub fn name(mut self, name: impl Into<String>) -> Publish {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Set the idempotency key.
-    pub fn id(mut self, id: impl Into<String>) -> Publish {
-        self.id = Some(id.into());
-        self
-    }
-
-    /// Set the headers (a JSON object).
-    pub fn headers(mut self, headers: serde_json::Value) -> Publish {
-        self.headers = Some(headers);
-        self
-    }
-}
-
-/// What the connection sends to a subscription's queue.
-#[derive(Debug)]
-pub(crate) enum Item {
-    /// The channel was (re)attached at this position; not shown to the application but kept as
-    /// the subscription's position.
-    Attached(Position),
-    /// An event for the application.
-    Event(Event),
-    /// The channel cannot be served any more (refused, or the client stopped); the stream ends.
-    Failed(Error),
-}
+use crate::event::{Event, Item};
 
 /// The events of one attached channel, in order. Dropping it detaches the channel.
 ///
@@ -139,7 +49,7 @@ impl Subscription {
 
     /// The position reached by what this stream has yielded so far: the epoch and the serial of
     /// the last message yielded (or of the attach point). Save it to resume later with
-    /// [`Start::From`].
+    /// [`Start::From`](crate::Start::From).
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
     }
