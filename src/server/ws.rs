@@ -16,8 +16,8 @@ const FRAME_LIMIT_FACTOR: usize = 2;
 /// Extra room for the frame's own fields around the message.
 const FRAME_OVERHEAD: usize = 16 * 1024;
 /// Read buffer per connection, allocated up front: small, so idle connections stay cheap (clients
-/// send small frames; a large publish is read in several chunks). 4 KiB cost 3 KiB more per
-/// idle connection (9.97 against 6.88 KiB RSS at 10,000 attached connections).
+/// send small frames; a large publish is read in several chunks). docs/performance.md, "Idle
+/// memory per connection", has what other sizes cost.
 const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write goes to the socket; a batch of frames shares one syscall.
 const WRITE_BUFFER: usize = 64 * 1024;
