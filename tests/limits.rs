@@ -175,6 +175,95 @@ async fn origins_are_checked_for_browsers() {
     assert!(no.headers().get("access-control-allow-origin").is_none());
 }
 
+/// A WebSocket upgrade with these extra headers (`Origin`, `Host`, ...), as a browser sends it.
+async fn upgrade(t: &TestServer, headers: &[(&'static str, &str)]) -> Result<(), (u16, Value)> {
+    let mut req = t.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(refused_status(e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_origin_needs_no_cors_entry() {
+    // No cors.allowed_origins: only Tidings' own origin (a page it served) may upgrade.
+    let t = TestServer::start().await;
+    let addr = t.addr();
+    let own = format!("http://{addr}");
+    assert_eq!(upgrade(&t, &[("origin", &own)]).await, Ok(()));
+    assert_eq!(upgrade(&t, &[]).await, Ok(()), "no Origin still passes");
+    // Host names compare ignoring case; a missing port is the scheme's default.
+    let host = [
+        ("host", "Tidings.Example"),
+        ("origin", "http://tidings.example"),
+    ];
+    assert_eq!(upgrade(&t, &host).await, Ok(()));
+    let host = [
+        ("host", "tidings.example:80"),
+        ("origin", "http://tidings.example"),
+    ];
+    assert_eq!(upgrade(&t, &host).await, Ok(()));
+    // Behind a proxy that terminates TLS and says so, the https page is the own origin.
+    let proxied = [
+        ("host", "tidings.example"),
+        ("x-forwarded-proto", "https"),
+        ("origin", "https://tidings.example"),
+    ];
+    assert_eq!(upgrade(&t, &proxied).await, Ok(()));
+
+    let refused = |origin: &str| {
+        Err((
+            403,
+            json!({"error": {
+                "code": "origin_not_allowed",
+                "message": format!("origin {origin:?} is not allowed; add it to cors.allowed_origins"),
+            }}),
+        ))
+    };
+    let other_port = format!("http://127.0.0.1:{}", addr.port().wrapping_add(1));
+    let other_host = format!("http://localhost:{}", addr.port());
+    let other_scheme = format!("https://{addr}");
+    for origin in [
+        &other_port,
+        &other_host,
+        &other_scheme,
+        "null",
+        "http://127.0.0.1",
+    ] {
+        assert_eq!(
+            upgrade(&t, &[("origin", origin)]).await,
+            refused(origin),
+            "{origin}"
+        );
+    }
+    // A plain-http page is not the origin of one the proxy served over TLS, nor the other way.
+    let downgraded = [
+        ("host", "tidings.example"),
+        ("x-forwarded-proto", "https"),
+        ("origin", "http://tidings.example"),
+    ];
+    assert_eq!(
+        upgrade(&t, &downgraded).await,
+        refused("http://tidings.example")
+    );
+    let unsaid = [
+        ("host", "tidings.example"),
+        ("origin", "https://tidings.example"),
+    ];
+    assert_eq!(
+        upgrade(&t, &unsaid).await,
+        refused("https://tidings.example")
+    );
+    let series = "tidings_errors_total{code=\"origin_not_allowed\"}";
+    let counted = metric(&reqwest::Client::new(), &t.http(), series).await;
+    assert_eq!(counted, 7.0, "each refusal is counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_closed_as_idle() {
     let t = TestServer::start_with(|c| {

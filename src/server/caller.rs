@@ -6,10 +6,11 @@
 //! the other rules some routes add at the same edge, each counting its refusals the same way.
 
 use std::fmt;
+use std::net::Ipv6Addr;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use tidings_protocol::ErrorCode;
@@ -52,9 +53,10 @@ impl Caller {
     }
 }
 
-/// A request whose `Origin`, if it has one, is allowed. WebSocket upgrades take it: CORS does
-/// not cover them, and a browser would otherwise lend its ambient credentials to any page.
-/// Requests without `Origin` (servers, native apps) pass.
+/// A request whose `Origin`, if it has one, is allowed: Tidings' own origin (the page was served
+/// by the host the request is sent to), or one in `cors.allowed_origins`. WebSocket upgrades take
+/// it: CORS does not cover them, and a browser would otherwise lend its ambient credentials to
+/// any page. Requests without `Origin` (servers, native apps) pass.
 pub(super) struct AllowedOrigin;
 
 impl FromRequestParts<AppState> for AllowedOrigin {
@@ -64,13 +66,13 @@ impl FromRequestParts<AppState> for AllowedOrigin {
         let Some(origin) = parts.headers.get(header::ORIGIN) else {
             return Ok(AllowedOrigin);
         };
-        let ok = state
+        let listed = state
             .config
             .cors
             .allowed_origins
             .iter()
             .any(|a| a == "*" || a.as_bytes() == origin.as_bytes());
-        if ok {
+        if listed || is_own_origin(origin, parts) {
             return Ok(AllowedOrigin);
         }
         Err(refused(
@@ -83,6 +85,147 @@ impl FromRequestParts<AppState> for AllowedOrigin {
                 ),
             ),
         ))
+    }
+}
+
+/// Whether `origin` is the origin the request was sent to, as a browser decides it for a page
+/// and the server it loaded from: the same scheme, host and port.
+///
+/// The host and port are the request's authority (the `Host` header, or the request target's
+/// authority in HTTP/2 and absolute-form requests). The scheme is `http`, the only one Tidings
+/// listens on, unless a proxy in front reports the client's in `X-Forwarded-Proto`. The scheme
+/// is compared, not ignored: where a proxy terminates TLS, a plain-http page of the same host
+/// name (one a network attacker injected, on a site without HSTS) is another origin to the
+/// browser, which would not let it read REST or SSE answers without CORS, so it gets no
+/// WebSocket either. Trusting `X-Forwarded-Proto` is safe here because a page cannot set it: the
+/// browser's WebSocket API sends no headers of the page's choosing, and a client that is not a
+/// browser can send any `Origin` anyway.
+fn is_own_origin(origin: &HeaderValue, parts: &Parts) -> bool {
+    let authority = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    let scheme = match parts.headers.get("x-forwarded-proto") {
+        // A chain of proxies lists the client's scheme first.
+        Some(proto) => proto
+            .to_str()
+            .ok()
+            .and_then(|p| Scheme::parse(p.split(',').next().unwrap_or_default().trim())),
+        None => Some(Scheme::Http),
+    };
+    match (origin.to_str(), scheme, authority) {
+        (Ok(origin), Some(scheme), Some(authority)) => same_origin(origin, scheme, authority),
+        _ => false,
+    }
+}
+
+/// Whether the serialized origin `origin` (`scheme://host[:port]`) names `scheme` and the request
+/// authority `authority` (`host[:port]`). Host names compare ignoring ASCII case; a missing port
+/// is its scheme's default. `null` and anything malformed are not the same origin.
+fn same_origin(origin: &str, scheme: Scheme, authority: &str) -> bool {
+    let Some((origin_scheme, origin_authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let (Some(origin_scheme), Some(theirs), Some(ours)) = (
+        Scheme::parse(origin_scheme),
+        Authority::parse(origin_authority),
+        Authority::parse(authority),
+    ) else {
+        return false;
+    };
+    origin_scheme == scheme
+        && theirs.host == ours.host
+        && theirs.port.unwrap_or(scheme.default_port())
+            == ours.port.unwrap_or(scheme.default_port())
+}
+
+/// The scheme of an origin the check can call Tidings' own; any other never is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn parse(s: &str) -> Option<Scheme> {
+        if s.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if s.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// `host[:port]` of an origin or a request, read without copying.
+struct Authority<'a> {
+    host: Host<'a>,
+    port: Option<u16>,
+}
+
+/// A host as the origin check compares it: a name (or IPv4 address) ignoring ASCII case, or an
+/// IPv6 address, written in brackets.
+#[derive(Debug)]
+enum Host<'a> {
+    Name(&'a str),
+    V6(Ipv6Addr),
+}
+
+impl PartialEq for Host<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Host::Name(a), Host::Name(b)) => a.eq_ignore_ascii_case(b),
+            (Host::V6(a), Host::V6(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<'a> Authority<'a> {
+    /// `None` for anything but a host name, IPv4 address or bracketed IPv6 address with an
+    /// optional decimal port: user info, paths, empty parts and stray characters are refused.
+    fn parse(s: &'a str) -> Option<Authority<'a>> {
+        let (host, port) = match s.strip_prefix('[') {
+            Some(bracketed) => {
+                let (address, rest) = bracketed.split_once(']')?;
+                let port = match rest {
+                    "" => None,
+                    _ => Some(rest.strip_prefix(':')?),
+                };
+                (Host::V6(address.parse().ok()?), port)
+            }
+            None => {
+                let (name, port) = match s.split_once(':') {
+                    Some((name, port)) => (name, Some(port)),
+                    None => (s, None),
+                };
+                let name_byte =
+                    |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+                if name.is_empty() || !name.bytes().all(name_byte) {
+                    return None;
+                }
+                (Host::Name(name), port)
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse().ok()?)
+            }
+            Some(_) => return None,
+        };
+        Some(Authority { host, port })
     }
 }
 
@@ -244,5 +387,123 @@ mod tests {
         assert_eq!(token(""), None);
         let uri: axum::http::Uri = "/v1/sse".parse().unwrap();
         assert_eq!(Query::<AccessToken>::try_from_uri(&uri).unwrap().0 .0, None);
+    }
+
+    #[test]
+    fn an_origin_is_our_own_when_scheme_host_and_port_match() {
+        use Scheme::{Http, Https};
+        let same = |origin, scheme, authority| same_origin(origin, scheme, authority);
+        assert!(same("http://127.0.0.1:8080", Http, "127.0.0.1:8080"));
+        assert!(same("http://Example.COM:8080", Http, "example.com:8080"));
+        assert!(same("HTTP://example.com", Http, "EXAMPLE.com"));
+        // A missing port is the scheme's default, on either side.
+        assert!(same("http://example.com", Http, "example.com:80"));
+        assert!(same("http://example.com:80", Http, "example.com"));
+        assert!(same("https://example.com", Https, "example.com"));
+        assert!(same("https://example.com", Https, "example.com:443"));
+        assert!(!same("https://example.com", Https, "example.com:80"));
+        assert!(!same("http://example.com", Http, "example.com:443"));
+        // IPv6 literals in brackets, compared as addresses.
+        assert!(same("http://[::1]:8080", Http, "[::1]:8080"));
+        assert!(same("http://[::1]", Http, "[0:0::1]"));
+        assert!(same("http://[FE80::1]:8080", Http, "[fe80::1]:8080"));
+        assert!(!same("http://[::1]:8080", Http, "[::2]:8080"));
+        assert!(!same("http://[::1]:8080", Http, "127.0.0.1:8080"));
+
+        // Another port, host or scheme is another origin.
+        assert!(!same("http://127.0.0.1:8081", Http, "127.0.0.1:8080"));
+        assert!(!same("http://localhost:8080", Http, "127.0.0.1:8080"));
+        assert!(!same("http://example.com.evil.org", Http, "example.com"));
+        assert!(!same("https://example.com", Http, "example.com"));
+        assert!(!same("http://example.com", Https, "example.com"));
+        assert!(!same("https://example.com:8080", Http, "example.com:8080"));
+        assert!(!same("ws://example.com", Http, "example.com"));
+
+        // `null` and malformed origins or authorities are nobody's.
+        for bad in [
+            "null",
+            "",
+            "example.com",
+            "http://",
+            "http://example.com/",
+            "http://example.com:8080/path",
+            "http://user@example.com",
+            "http://example.com:",
+            "http://example.com:+80",
+            "http://example.com:65536",
+            "http://example.com:80:80",
+            "http://::1",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[example.com]",
+            "http://exa mple.com",
+            "http://example.com\u{0}",
+        ] {
+            assert!(!same(bad, Http, "example.com"), "{bad:?}");
+        }
+        for bad in [
+            "",
+            "example.com:",
+            "user@example.com",
+            "example.com/x",
+            ":80",
+        ] {
+            assert!(!same("http://example.com", Http, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_request_says_its_scheme_and_authority() {
+        let own = |uri: &str, headers: &[(&str, &str)]| {
+            let mut req = axum::http::Request::get(uri);
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+            is_own_origin(&parts.headers[header::ORIGIN], &parts)
+        };
+        let https = ("origin", "https://example.com");
+        let host = ("host", "example.com");
+        assert!(!own("/v1/connect", &[https, host]));
+        assert!(own(
+            "/v1/connect",
+            &[https, host, ("x-forwarded-proto", "https")]
+        ));
+        assert!(own(
+            "/v1/connect",
+            &[https, host, ("x-forwarded-proto", "HTTPS")]
+        ));
+        // Proxies in a chain append: the first is the client's.
+        assert!(own(
+            "/v1/connect",
+            &[https, host, ("x-forwarded-proto", "https, http")]
+        ));
+        assert!(!own(
+            "/v1/connect",
+            &[https, host, ("x-forwarded-proto", "http, https")]
+        ));
+        let http = ("origin", "http://example.com");
+        assert!(own("/v1/connect", &[http, host]));
+        assert!(own(
+            "/v1/connect",
+            &[http, host, ("x-forwarded-proto", "http")]
+        ));
+        assert!(!own(
+            "/v1/connect",
+            &[http, host, ("x-forwarded-proto", "https")]
+        ));
+        assert!(!own(
+            "/v1/connect",
+            &[http, host, ("x-forwarded-proto", "wss")]
+        ));
+        assert!(!own(
+            "/v1/connect",
+            &[http, host, ("x-forwarded-proto", "")]
+        ));
+        assert!(!own("/v1/connect", &[http]), "no authority, no own origin");
+        // An absolute-form target (and HTTP/2's `:authority`) names the authority over `Host`.
+        let other = ("host", "other.example");
+        assert!(own("http://example.com/v1/connect", &[http, other]));
+        assert!(!own("/v1/connect", &[http, other]));
     }
 }

@@ -1,8 +1,9 @@
 // The inventory demo end to end in a real browser: `examples/inventory/run` (a throwaway
 // Postgres, the outbox, tidings with its Postgres connector, the writer) and its page in
-// headless Chromium. The page loads; a database update shows within a second; the page goes
-// offline while updates continue and, back online, shows every update in order; a reload
-// mid-stream ends on the latest state.
+// headless Chromium. The page loads and connects over WebSocket (Tidings serves the page, so its
+// upgrade is same-origin); a database update shows within a second; the page goes offline while
+// updates continue and, back online, shows every update in order; a reload mid-stream ends on
+// the latest state, over WebSocket again.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -99,6 +100,8 @@ test('the inventory demo in a real browser: live, offline and back, reloaded mid
     await page.waitForFunction(() => window.inventory.state === 'connected', null, { timeout: 10_000 });
     assert.equal(await page.locator('#products tbody tr').count(), 12, 'every product is listed');
     assert.equal(await page.locator('#state').textContent(), 'connected');
+    // The page is served by Tidings, so its upgrade is same-origin: WebSocket, no fallback to SSE.
+    assert.equal(await page.locator('#transport').textContent(), 'websocket', 'the page connects over WebSocket');
 
     // 2. A database update shows within one second of its commit.
     await demo.writer({ running: false });
@@ -151,6 +154,7 @@ test('the inventory demo in a real browser: live, offline and back, reloaded mid
     await demo.writer({ running: false });
     const latest = await dbProducts(demo);
     await waitFor(async () => JSON.stringify(await products(page)) === JSON.stringify(latest), 10_000, 'the reloaded page to reach the latest state');
+    assert.equal(await page.locator('#transport').textContent(), 'websocket', 'the reloaded page connects over WebSocket');
     const reloaded = await page.evaluate(() => window.inventory.changes);
     assertContiguous(reloaded, 'after the reload');
     const tail = await (await fetch(new URL(`v1/channels/inventory:products/messages?after=${reloaded.at(-1).serial}`, demo.page))).json();
