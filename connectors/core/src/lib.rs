@@ -8,7 +8,10 @@
 //!
 //! Connectors depend on this crate only, never on the server.
 
+pub mod config;
 pub mod route;
+
+pub use config::{ConfigProblem, OnPoison};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -103,6 +106,16 @@ pub enum SourceError {
     /// A failure that needs the operator (bad configuration, lost history): stop and report.
     #[error("{what}; to fix: {fix}")]
     Fatal { what: String, fix: String },
+}
+
+impl SourceError {
+    /// A failure that needs the operator: `what` happened, `fix` says what to do about it.
+    pub fn fatal(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        SourceError::Fatal {
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
 }
 
 /// A change feed reader.

@@ -16,9 +16,13 @@
 pub mod config;
 pub mod event;
 pub mod extjson;
+pub mod message_id;
+pub mod payload;
 pub mod position;
 pub mod progress;
+pub mod router;
 pub mod source;
 
 pub use config::{ConfigProblem, MongoConfig, MongoUri, OnPoison};
+pub use router::Router;
 pub use source::MongoSource;
