@@ -14,7 +14,7 @@ use common::{channel_epoch, connector_status, history, KEY};
 use serde_json::Value;
 use support::{Cluster, Tidings};
 use tidings::config::Config;
-use tidings::connector::ConnectorConfig;
+use tidings::config::ConnectorConfig;
 use tidings::runtime::Server;
 use tidings_connector_postgres::{ConnectionUrl, PostgresConfig};
 
@@ -53,8 +53,7 @@ impl InProcess {
         config
             .connectors
             .insert(name.into(), ConnectorConfig::Postgres(pg));
-        let sources = tidings::connector::build(&config).unwrap();
-        let server = Server::start_with_sources(config, sources).await.unwrap();
+        let server = Server::start(config).await.unwrap();
         InProcess { server, _dir: dir }
     }
 
@@ -1794,9 +1793,10 @@ async fn connector_status_shows_running_then_retrying_with_the_error_then_runnin
     expect_messages(&t.http(), "watched:1", 16).await;
     let after = wait_for_status(&t.http(), "watched", |s| s["messages_published"] == 16).await;
     assert!(position(&after) > position(&before), "{after}");
+    let connectors = t.server.connectors();
     t.server.shutdown();
     t.server.wait().await;
-    let all = tidings::connector::status();
+    let all = connectors.status();
     let stopped = all["connectors"]
         .as_array()
         .unwrap()

@@ -51,6 +51,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// The status of this server's connectors, for `GET /v1/connectors`.
+    pub connectors: Arc<crate::connector::ConnectorRegistry>,
     /// Cancelled on shutdown; sessions watch it and close with a "resume elsewhere" reason.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them to close.

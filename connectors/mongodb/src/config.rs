@@ -359,6 +359,14 @@ impl MongoConfig {
             .collect()
     }
 
+    /// The channel of lifecycle events (drop, rename, dropDatabase, invalidate, resync) of
+    /// connector `name`: as configured, or `mongodb:NAME`.
+    pub fn control_channel(&self, name: &str) -> String {
+        self.control_channel
+            .clone()
+            .unwrap_or_else(|| format!("mongodb:{name}"))
+    }
+
     /// The channel template, if routing by template.
     pub fn template(&self) -> Result<Option<ChannelTemplate>, ConfigProblem> {
         self.channel

@@ -14,6 +14,7 @@
 //! `docs/mongodb.md`.
 
 pub mod config;
+pub mod connector;
 pub mod event;
 pub mod extjson;
 pub mod message_id;

@@ -93,6 +93,16 @@ impl MongoSource {
         control_channel: &str,
     ) -> Result<Self, ConfigProblem> {
         config.validate()?;
+        Self::prepared(name, config, dead_letter, control_channel)
+    }
+
+    /// [`MongoSource::new`] for settings [`MongoConfig::validate`] already accepted.
+    pub(crate) fn prepared(
+        name: impl Into<String>,
+        config: MongoConfig,
+        dead_letter: &str,
+        control_channel: &str,
+    ) -> Result<Self, ConfigProblem> {
         let name = name.into();
         let template = config.template()?;
         let router = Router {

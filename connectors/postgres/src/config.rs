@@ -270,6 +270,14 @@ impl PostgresConfig {
         Ok(())
     }
 
+    /// The channel of table-level events of connector `name`: as configured, or
+    /// `postgres:NAME`.
+    pub fn control_channel(&self, name: &str) -> String {
+        self.control_channel
+            .clone()
+            .unwrap_or_else(|| format!("postgres:{name}"))
+    }
+
     /// The outbox table as (schema, table). Call after [`PostgresConfig::validate`].
     pub fn outbox(&self) -> (&str, &str) {
         self.outbox_table
