@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat, Resolved};
 use crate::runtime::Server;
 
 /// Tidings: database changes to every device, in order, exactly once.
@@ -132,8 +132,8 @@ pub struct MigrateArgs {
 }
 
 impl ServeArgs {
-    /// The configuration: file (if any), then environment and flags on top, validated.
-    pub fn config(&self) -> Result<Config, ConfigError> {
+    /// The configuration: file (if any), then environment and flags on top, checked once.
+    pub fn config(&self) -> Result<Resolved, ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -204,7 +204,7 @@ impl ServeArgs {
             config.retention.dedup_window = v;
         }
         if let Some(url) = &self.postgres {
-            use crate::connector::{ConnectorConfig, DEFAULT_POSTGRES_NAME};
+            use crate::config::{ConnectorConfig, DEFAULT_POSTGRES_NAME};
             use tidings_connector_postgres::{ConnectionUrl, PostgresConfig};
             let url = ConnectionUrl::new(url.trim());
             match config.connectors.get_mut(DEFAULT_POSTGRES_NAME) {
@@ -218,13 +218,12 @@ impl ServeArgs {
             }
         }
         self.mongodb_connector(&mut config)?;
-        config.validate()?;
-        Ok(config)
+        config.resolve()
     }
 
     /// `--mongodb URI --collection DB.COLL --channel TEMPLATE`: the connector named "mongodb".
     fn mongodb_connector(&self, config: &mut Config) -> Result<(), ConfigError> {
-        use crate::connector::{ConnectorConfig, DEFAULT_MONGODB_NAME};
+        use crate::config::{ConnectorConfig, DEFAULT_MONGODB_NAME};
         use tidings_connector_mongodb::{MongoConfig, MongoUri};
         let Some(uri) = &self.mongodb else {
             if self.collection.is_some() || self.channel.is_some() {
@@ -285,8 +284,7 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     init_tracing(config.log_format);
-    let sources = crate::connector::build(&config)?;
-    let server = Server::start_with_sources(config, sources).await?;
+    let server = Server::start_resolved(config).await?;
     let failures = server.source_failures();
     let token = server.shutdown_token();
     tokio::spawn(async move {
@@ -401,7 +399,7 @@ mod tests {
         .config()
         .unwrap();
         match c.connectors.get("mongodb") {
-            Some(crate::connector::ConnectorConfig::Mongodb(m)) => {
+            Some(crate::config::ConnectorConfig::Mongodb(m)) => {
                 assert_eq!(m.collection.as_deref(), Some("shop.orders"));
                 assert_eq!(m.channel.as_deref(), Some("store:{fullDocument.storeId}"));
             }

@@ -1,5 +1,5 @@
 //! Server configuration: a TOML file, overridden by `TIDINGS_*` environment variables and flags
-//! (see [`crate::cli`]), validated once at start-up.
+//! (see [`crate::cli`]), checked once at start-up into a [`Resolved`] configuration.
 //!
 //! Every setting has a default that works out of the box: with no configuration at all the
 //! server listens on `127.0.0.1:8080` and keeps its log in `./tidings-data`.
@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tidings_connector_mongodb::MongoConfig;
+use tidings_connector_postgres::PostgresConfig;
+use tidings_connectors_core::{Connector, OnPoison};
 
+use crate::channel::ChannelName;
 use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Operations};
 use crate::log::{Retention, RetentionPolicy};
 
@@ -113,8 +117,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Per-namespace settings, keyed by namespace (the part of a channel name before `:`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
-    /// Database connectors by name (`[connectors.NAME]`, see [`crate::connector`]).
-    pub connectors: BTreeMap<String, crate::connector::ConnectorConfig>,
+    /// Database connectors by name (`[connectors.NAME]`, see [`ConnectorConfig`]).
+    pub connectors: BTreeMap<String, ConnectorConfig>,
 }
 
 /// One API key.
@@ -298,6 +302,123 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError 
     }
 }
 
+/// Name `tidings serve --postgres URL` gives its connector.
+pub const DEFAULT_POSTGRES_NAME: &str = "postgres";
+/// Name `tidings serve --mongodb URI` gives its connector.
+pub const DEFAULT_MONGODB_NAME: &str = "mongodb";
+
+/// One configured connector (`[connectors.NAME]`), by `type`. A connector's name keys its
+/// checkpoint in the log (renaming it starts it from scratch) and names its default
+/// dead-letter channel, `dead:NAME`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConnectorConfig {
+    /// A Postgres outbox read over logical replication (`connectors/postgres`).
+    Postgres(PostgresConfig),
+    /// A MongoDB change stream (`connectors/mongodb`).
+    Mongodb(MongoConfig),
+}
+
+impl ConnectorConfig {
+    /// The connector behind the `type`: the rest of the server knows it only as this.
+    pub fn connector(&self) -> &dyn Connector {
+        match self {
+            ConnectorConfig::Postgres(c) => c,
+            ConnectorConfig::Mongodb(c) => c,
+        }
+    }
+}
+
+/// A connector as the configuration resolved it: its channels checked, its dead-letter
+/// channel and poison policy decided.
+#[derive(Debug, Clone)]
+pub struct ResolvedConnector {
+    /// The configured name (`[connectors.NAME]`).
+    pub name: String,
+    /// Where its poison changes go (with `on_poison = "dead_letter"`), and its own dead letters.
+    pub dead_letter: ChannelName,
+    /// What to do with a change that cannot become a message.
+    pub on_poison: OnPoison,
+}
+
+/// A configuration checked once by [`Config::resolve`]: what the server starts from. Reads as
+/// the [`Config`] it was resolved from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    config: Config,
+    connectors: Vec<ResolvedConnector>,
+}
+
+impl Resolved {
+    /// The connectors, in name order.
+    pub fn connectors(&self) -> &[ResolvedConnector] {
+        &self.connectors
+    }
+
+    /// The configuration and the connectors, apart.
+    pub fn into_parts(self) -> (Config, Vec<ResolvedConnector>) {
+        (self.config, self.connectors)
+    }
+}
+
+impl std::ops::Deref for Resolved {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+fn valid_connector_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A channel connector `name` writes to besides its routed ones, set by `field`.
+fn own_channel(name: &str, field: &str, text: &str) -> Result<ChannelName, ConfigError> {
+    ChannelName::parse(text).map_err(|e| {
+        invalid(
+            format!("connectors.{name}.{field}"),
+            format!("{text:?} is not a valid channel name: {e}"),
+        )
+    })
+}
+
+/// Check every connector, in name order; the first problem is named by its dotted path.
+fn resolve_connectors(
+    connectors: &BTreeMap<String, ConnectorConfig>,
+) -> Result<Vec<ResolvedConnector>, ConfigError> {
+    let mut resolved = Vec::with_capacity(connectors.len());
+    for (name, config) in connectors {
+        if !valid_connector_name(name) {
+            return Err(invalid(
+                format!("connectors.{name:?}"),
+                "is not a valid connector name: use 1 to 64 letters, digits, '_' and '-'",
+            ));
+        }
+        let connector = config.connector();
+        connector
+            .validate()
+            .map_err(|p| invalid(format!("connectors.{name}.{}", p.field), p.problem))?;
+        let dead_letter = match connector.dead_letter() {
+            Some(text) => own_channel(name, "dead_letter", text)?,
+            None => own_channel(name, "dead_letter", &format!("dead:{name}"))?,
+        };
+        for (field, text) in connector.own_channels(name) {
+            own_channel(name, field, &text)?;
+        }
+        resolved.push(ResolvedConnector {
+            name: name.clone(),
+            dead_letter,
+            on_poison: connector.on_poison(),
+        });
+    }
+    Ok(resolved)
+}
+
 impl Config {
     /// Read a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -332,8 +453,26 @@ impl Config {
         Ok(())
     }
 
-    /// Check every value; the first problem found is named by its dotted path.
+    /// Check every value and resolve what the server runs from them, once: the first problem
+    /// found is named by its dotted path. The program starts from the [`Resolved`]
+    /// configuration and checks nothing again.
+    pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        self.check_settings()?;
+        let connectors = resolve_connectors(&self.connectors)?;
+        Ok(Resolved {
+            config: self,
+            connectors,
+        })
+    }
+
+    /// Check every value as [`Config::resolve`] does, keeping nothing (for tests and tools).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_settings()?;
+        resolve_connectors(&self.connectors).map(drop)
+    }
+
+    /// Every setting but the connectors.
+    fn check_settings(&self) -> Result<(), ConfigError> {
         if let Some(dir) = &self.web_root {
             if !dir.is_dir() {
                 return Err(invalid(
@@ -462,7 +601,6 @@ impl Config {
                 ));
             }
         }
-        crate::connector::validate(&self.connectors)?;
         Ok(())
     }
 

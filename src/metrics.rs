@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tidings_connectors_core::{ConnectorGauges, ConnectorMetrics};
 
 /// Transport a connection uses.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -49,30 +51,6 @@ struct CodeLabel {
     code: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ConnectorLabel {
-    connector: String,
-}
-
-/// Postgres slot lag by connector. Process-wide, because connectors are built before the
-/// server's metrics exist; every [`Metrics`] registers these same families.
-static POSTGRES_SLOT_LAG: std::sync::LazyLock<Family<ConnectorLabel, Gauge>> =
-    std::sync::LazyLock::new(Family::default);
-static POSTGRES_SLOT_RETAINED: std::sync::LazyLock<Family<ConnectorLabel, Gauge>> =
-    std::sync::LazyLock::new(Family::default);
-
-/// Report a Postgres connector's slot: bytes of WAL written since the position it last
-/// confirmed, and bytes of WAL Postgres keeps for it.
-pub fn postgres_slot(connector: &str, lag_bytes: i64, retained_bytes: i64) {
-    let label = ConnectorLabel {
-        connector: connector.to_owned(),
-    };
-    POSTGRES_SLOT_LAG.get_or_create(&label).set(lag_bytes);
-    POSTGRES_SLOT_RETAINED
-        .get_or_create(&label)
-        .set(retained_bytes);
-}
-
 /// Every metric the server emits.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +69,8 @@ pub struct Metrics {
     pub catch_up_log_pages: Counter,
     sessions_closed: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
+    /// Gauges connectors set for themselves (Postgres slot lag), labelled by connector.
+    connectors: Arc<ConnectorGauges>,
 }
 
 impl Default for Metrics {
@@ -158,18 +138,9 @@ impl Metrics {
             "Errors answered to clients, by code",
             errors.clone(),
         );
-        registry.register_with_unit(
-            "postgres_slot_lag",
-            "WAL written since the position a Postgres connector last confirmed (pg_current_wal_lsn() - confirmed_flush_lsn)",
-            prometheus_client::registry::Unit::Bytes,
-            POSTGRES_SLOT_LAG.clone(),
-        );
-        registry.register_with_unit(
-            "postgres_slot_retained_wal",
-            "WAL Postgres keeps for a connector's replication slot (pg_current_wal_lsn() - restart_lsn)",
-            prometheus_client::registry::Unit::Bytes,
-            POSTGRES_SLOT_RETAINED.clone(),
-        );
+        // Last, as the connectors' gauges always came last in the exposition.
+        let connectors = Arc::new(ConnectorGauges::default());
+        registry.register_collector(Box::new(connectors.clone()));
         Metrics {
             registry,
             connections,
@@ -181,7 +152,14 @@ impl Metrics {
             catch_up_log_pages,
             sessions_closed,
             errors,
+            connectors,
         }
+    }
+
+    /// The metrics handle of connector `name`: its own gauges, labelled with its name, in
+    /// this server's exposition.
+    pub fn connector(&self, name: &str) -> ConnectorMetrics {
+        self.connectors.connector(name)
     }
 
     /// A connection opened; the returned guard counts it until dropped.

@@ -16,14 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, Resolved};
+use crate::connector::{ConnectorRegistry, Sources};
 use crate::hub::Hub;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
 use crate::log::{ChannelLog, LogError};
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
-use crate::source::SourceOptions;
-use tidings_connectors_core::Source;
 
 /// How long shutdown waits for sessions and requests to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,22 +52,39 @@ pub struct Server {
     log: Arc<dyn ChannelLog>,
     /// Fatal errors of sources; one stops the server.
     failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    /// The status of this server's connectors.
+    connectors: Arc<ConnectorRegistry>,
 }
 
 impl Server {
-    /// Validate `config`, open the log, bind, and start serving.
+    /// Check `config`, open the log, bind, and start serving, with the configured connectors.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        Self::start_with_sources(config, Vec::new()).await
+        Self::launch(config.resolve()?, Vec::new()).await
     }
 
-    /// Like [`Server::start`], also running each connector source into the log.
+    /// Like [`Server::start`], for a configuration checked already (the command line's).
+    pub async fn start_resolved(config: Resolved) -> Result<Server, StartError> {
+        Self::launch(config, Vec::new()).await
+    }
+
+    /// Like [`Server::start`], also running each of `sources` into the log besides the
+    /// configured connectors: sources built in-process (tests, tools), which `GET
+    /// /v1/connectors` does not list.
     pub async fn start_with_sources(
         config: Config,
-        sources: Vec<(SourceOptions, Box<dyn Source>)>,
+        sources: Sources,
     ) -> Result<Server, StartError> {
-        config.validate()?;
-        let config = Arc::new(config);
+        Self::launch(config.resolve()?, sources).await
+    }
+
+    /// Build the connectors once this server's metrics exist, then start.
+    async fn launch(config: Resolved, extra: Sources) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let (registry, mut sources) = crate::connector::build(&config, &metrics)?;
+        sources.extend(extra);
+        let registry = Arc::new(registry);
+        let (config, _) = config.into_parts();
+        let config = Arc::new(config);
         let hub = Arc::new(Hub::new(config.session.live_buffer, metrics.clone()));
         let log: Arc<dyn ChannelLog> = Arc::new(EmbeddedLog::open(
             &config.data_dir,
@@ -100,6 +116,7 @@ impl Server {
             hub,
             auth,
             metrics,
+            connectors: registry.clone(),
             shutdown: shutdown.clone(),
             sessions: TaskTracker::new(),
             admission: crate::limits::Admission::new(
@@ -150,6 +167,7 @@ impl Server {
             task,
             log,
             failures,
+            connectors: registry,
         })
     }
 
@@ -161,6 +179,11 @@ impl Server {
     /// The channel log, for tests and tools in the same process.
     pub fn log(&self) -> &Arc<dyn ChannelLog> {
         &self.log
+    }
+
+    /// The status of this server's connectors, readable after it stopped too.
+    pub fn connectors(&self) -> Arc<ConnectorRegistry> {
+        self.connectors.clone()
     }
 
     /// Fatal errors of sources so far (each stopped the server), in the order they happened.

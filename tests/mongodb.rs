@@ -10,7 +10,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 use tidings::config::Config;
-use tidings::connector::{build, ConnectorConfig};
+use tidings::config::ConnectorConfig;
 use tidings::runtime::Server;
 use tidings_connector_mongodb::config::{OnHistoryLost, OnInvalidate, SnapshotMode};
 use tidings_connector_mongodb::{MongoConfig, MongoSource, MongoUri};
@@ -202,10 +202,7 @@ async fn serve_with(
     config
         .connectors
         .insert(name.into(), ConnectorConfig::Mongodb(mongo));
-    let sources = build(&config).expect("valid connector");
-    let server = Server::start_with_sources(config, sources)
-        .await
-        .expect("server starts");
+    let server = Server::start(config).await.expect("server starts");
     // Writes before the stream took its position would not be seen: wait for it.
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.log().checkpoint(name).await.unwrap().is_none() {

@@ -198,7 +198,7 @@ pub(super) async fn connectors(
         &headers,
         "connector status needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
     )?;
-    Ok(Json(crate::connector::status()).into_response())
+    Ok(Json(state.connectors.status()).into_response())
 }
 
 /// Any other path.

@@ -7,6 +7,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::connector::ConnectorRegistry;
 use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::log::ChannelLog;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    /// The status of this server's connectors, for `GET /v1/connectors`.
+    pub connectors: Arc<ConnectorRegistry>,
     /// Cancelled on shutdown; sessions watch it and close with a "resume elsewhere" reason.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them to close.

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use tidings::config::Config;
-use tidings::connector::ConnectorConfig;
+use tidings::config::{Config, ConnectorConfig};
 use tidings::runtime::Server;
 use tidings_connector_postgres::{ConnectionUrl, PostgresConfig};
 use tidings_testkit::postgres::Cluster;
@@ -44,8 +43,7 @@ impl InProcess {
         config
             .connectors
             .insert(name.into(), ConnectorConfig::Postgres(pg));
-        let sources = tidings::connector::build(&config).unwrap();
-        let server = Server::start_with_sources(config, sources).await.unwrap();
+        let server = Server::start(config).await.unwrap();
         InProcess { server, _dir: dir }
     }
 

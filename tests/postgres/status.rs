@@ -185,9 +185,10 @@ async fn connector_status_shows_running_then_retrying_with_the_error_then_runnin
     expect_messages(&t.http(), "watched:1", 16).await;
     let after = wait_for_status(&t.http(), "watched", |s| s["messages_published"] == 16).await;
     assert!(position(&after) > position(&before), "{after}");
+    let connectors = t.server.connectors();
     t.server.shutdown();
     t.server.wait().await;
-    let all = tidings::connector::status();
+    let all = connectors.status();
     let stopped = all["connectors"]
         .as_array()
         .unwrap()

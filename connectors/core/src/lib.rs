@@ -6,9 +6,21 @@
 //! atomic write, and only then tells the source (through [`Source::committed`]) that the position
 //! is durable, so the connector may confirm it upstream.
 //!
+//! Each connector builds itself from a [`Context`] the runtime hands it ([`Connector`]), and
+//! reports its status and metrics through the context's handles.
+//!
 //! Connectors depend on this crate only, never on the server.
 
+pub mod config;
+pub mod connector;
+pub mod metrics;
 pub mod route;
+pub mod status;
+
+pub use config::{ConfigProblem, OnPoison};
+pub use connector::{Connector, Context};
+pub use metrics::{ConnectorGauge, ConnectorGauges, ConnectorMetrics};
+pub use status::StatusFields;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -103,6 +115,16 @@ pub enum SourceError {
     /// A failure that needs the operator (bad configuration, lost history): stop and report.
     #[error("{what}; to fix: {fix}")]
     Fatal { what: String, fix: String },
+}
+
+impl SourceError {
+    /// A failure that needs the operator: `what` happened, `fix` says what to do about it.
+    pub fn fatal(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        SourceError::Fatal {
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
 }
 
 /// A change feed reader.

@@ -11,7 +11,7 @@ use bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document, RawDocument
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use tidings_connector_mongodb::config::{JsonMode, OnPoison, Payload};
-use tidings_connector_mongodb::event::Router;
+use tidings_connector_mongodb::router::Router;
 use tidings_connectors_core::route::ChannelTemplate;
 
 /// A resume token the size MongoDB 7 sends for a replica-set event.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tidings_connectors_core::route::ChannelTemplate;
+pub use tidings_connectors_core::{ConfigProblem, OnPoison};
 
 /// Default documents read per `find` batch of a snapshot.
 pub const DEFAULT_SNAPSHOT_BATCH: u32 = 1000;
@@ -106,17 +107,6 @@ pub enum SnapshotMode {
     Initial,
     /// Stream changes from now on only.
     Never,
-}
-
-/// What to do with an event that cannot become a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnPoison {
-    /// Publish the error and the document key to the dead-letter channel; go on.
-    #[default]
-    DeadLetter,
-    /// Stop the connector and tell the operator.
-    Stop,
 }
 
 /// A connection string; its password never prints.
@@ -235,19 +225,8 @@ fn default_max_batch_events() -> usize {
     DEFAULT_MAX_BATCH_EVENTS
 }
 
-/// A refused setting: the field (relative to the connector's table) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}` {problem}")]
-pub struct ConfigProblem {
-    pub field: String,
-    pub problem: String,
-}
-
 fn problem(field: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
-    ConfigProblem {
-        field: field.into(),
-        problem: problem.into(),
-    }
+    ConfigProblem::new(field, problem)
 }
 
 /// What the connector watches, resolved from the scope fields.
@@ -378,6 +357,14 @@ impl MongoConfig {
                 }
             })
             .collect()
+    }
+
+    /// The channel of lifecycle events (drop, rename, dropDatabase, invalidate, resync) of
+    /// connector `name`: as configured, or `mongodb:NAME`.
+    pub fn control_channel(&self, name: &str) -> String {
+        self.control_channel
+            .clone()
+            .unwrap_or_else(|| format!("mongodb:{name}"))
     }
 
     /// The channel template, if routing by template.

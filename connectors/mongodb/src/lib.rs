@@ -14,11 +14,16 @@
 //! `docs/mongodb.md`.
 
 pub mod config;
+pub mod connector;
 pub mod event;
 pub mod extjson;
+pub mod message_id;
+pub mod payload;
 pub mod position;
 pub mod progress;
+pub mod router;
 pub mod source;
 
 pub use config::{ConfigProblem, MongoConfig, MongoUri, OnPoison};
+pub use router::Router;
 pub use source::MongoSource;

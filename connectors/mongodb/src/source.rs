@@ -1,138 +1,31 @@
-//! [`MongoSource`]: the [`Source`] that reads a change stream.
+//! [`MongoSource`]: the [`Source`] that reads a change stream (opened and read by the task of
+//! `change_stream`), after an initial snapshot of the existing documents, or a re-snapshot after
+//! history loss (`snapshot`).
 //!
-//! One task owns the driver's `ChangeStream` and only ever awaits `next_if_any` to completion
-//! (never cancelled mid-`getMore`, which could lose a batch the server already sent); it hands
-//! events, and the post-batch resume token of every empty `getMore`, to the source through a
-//! bounded queue. `next_batch` turns what is queued into one batch: the events available now
+//! `next_batch` turns what the stream task queued into one batch: the events available now
 //! (up to `max_batch_events`), never splitting a transaction (same `lsid` + `txnNumber`), with
 //! the resume token of the last one as the position. On a quiet stream it returns a batch with
 //! no messages whose position is the newer post-batch resume token, at most once per
 //! `checkpoint_interval`, so the stored token never falls off the oplog.
 
+mod change_stream;
+mod snapshot;
+
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bson::{doc, Bson, Document, RawDocumentBuf};
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::change_stream::ChangeStream;
+use bson::{Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind};
-use mongodb::options::{ChangeStreamOptions, FullDocumentBeforeChangeType, FullDocumentType, Hint};
 use mongodb::Client;
-use serde_json::json;
-use tidings_connectors_core::{Batch, Publish, Source, SourceError, SourcePosition};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tidings_connectors_core::{Batch, Source, SourceError, SourcePosition};
 
-use crate::config::{
-    BeforeChange, ConfigProblem, FullDocument, MongoConfig, OnHistoryLost, OnInvalidate, Scope,
-    SnapshotMode,
-};
-use crate::event::{digest, txn_key, Router};
+use self::change_stream::{Event, Item, OpenFailure, Reader};
+use crate::config::{ConfigProblem, MongoConfig, OnHistoryLost, OnInvalidate, Scope, SnapshotMode};
 use crate::position::{Position, SnapshotProgress, SnapshotReason};
 use crate::progress::{Display, SnapshotMeter};
+use crate::router::Router;
 
-/// Items queued between the stream task and the source. Bounded: the task waits when full.
-const QUEUE: usize = 4096;
-
-/// A change event as the stream task converted it: converting there (from the driver's raw
-/// bytes, never decoded to a `Document`) overlaps the conversion of the next events with the
-/// runner's append of the last batch.
-#[derive(Debug)]
-struct Event {
-    /// The resume token (`None` only when `messages` is the error saying it is missing).
-    token: Option<Bson>,
-    invalidate: bool,
-    /// `(lsid, txnNumber)` for an event of a transaction.
-    txn: Option<(Bson, Bson)>,
-    messages: Result<Vec<Publish>, SourceError>,
-}
-
-impl Event {
-    fn convert(raw: &RawDocumentBuf, router: &Router, name: &str) -> Event {
-        let token = raw
-            .get("_id")
-            .ok()
-            .flatten()
-            .and_then(|t| Bson::try_from(t).ok());
-        let messages = match &token {
-            Some(t) => router.change_raw(raw, t),
-            None => Err(fatal(
-                format!("connector {name}: a change event has no `_id` resume token"),
-                format!("keep `_id` in `connectors.{name}.pipeline`"),
-            )),
-        };
-        Event {
-            token,
-            invalidate: raw.get_str("operationType") == Ok("invalidate"),
-            txn: txn_key(raw),
-            messages,
-        }
-    }
-}
-
-/// What the stream task saw.
-#[derive(Debug)]
-enum Item {
-    Event(Box<Event>),
-    /// An empty `getMore`; the stream's resume token after it.
-    Quiet(Option<Bson>),
-    /// The cursor closed (after an invalidate).
-    Closed,
-    Failed(MongoError),
-    /// A `getMore` went unanswered this long: the connection looks dead.
-    Stalled(Duration),
-}
-
-struct Reader {
-    rx: mpsc::Receiver<Item>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        // Dropping the stream inside the task kills its cursor on the server.
-        self.task.abort();
-    }
-}
-
-/// Read `stream` into `tx` until it closes or fails. A `getMore` unanswered for `limit` ends
-/// it too: that is the one wait cut short, and the stream is given up whole (the source opens
-/// a new one from its checkpoint), so no batch the server sent can be lost in between.
-async fn read(
-    mut stream: ChangeStream<RawDocumentBuf>,
-    tx: mpsc::Sender<Item>,
-    router: Router,
-    name: String,
-    limit: Duration,
-) {
-    // One timer for the whole stream, its deadline moved before each call: most calls return
-    // an event of the batch in hand without waiting, and never register it.
-    let stalled = tokio::time::sleep(limit);
-    tokio::pin!(stalled);
-    loop {
-        stalled.as_mut().reset(tokio::time::Instant::now() + limit);
-        let next = tokio::select! {
-            biased;
-            next = stream.next_if_any() => Some(next),
-            () = &mut stalled => None,
-        };
-        let item = match next {
-            Some(Ok(Some(ev))) => Item::Event(Box::new(Event::convert(&ev, &router, &name))),
-            Some(Ok(None)) if !stream.is_alive() => Item::Closed,
-            Some(Ok(None)) => {
-                Item::Quiet(stream.resume_token().and_then(|t| bson::to_bson(&t).ok()))
-            }
-            Some(Err(e)) => Item::Failed(e),
-            None => Item::Stalled(limit),
-        };
-        let last = matches!(item, Item::Closed | Item::Failed(_) | Item::Stalled(_));
-        if tx.send(item).await.is_err() || last {
-            return;
-        }
-    }
-}
-
-enum OpenError {
+pub(crate) enum OpenError {
     HistoryLost(MongoError),
     Other(SourceError),
 }
@@ -143,7 +36,7 @@ impl From<SourceError> for OpenError {
     }
 }
 
-enum Mode {
+pub(crate) enum Mode {
     Streaming,
     Snapshot(Box<SnapshotProgress>),
 }
@@ -183,27 +76,11 @@ pub struct MongoSource {
     reset_uncommitted: Vec<String>,
 }
 
-fn fatal(what: impl Into<String>, fix: impl Into<String>) -> SourceError {
-    SourceError::Fatal {
-        what: what.into(),
-        fix: fix.into(),
-    }
-}
-
 fn transient(what: String, e: MongoError) -> SourceError {
     SourceError::Transient {
         what: format!("{what}: {e}"),
         source: Some(Box::new(e)),
     }
-}
-
-fn token_of(b: &Bson) -> Result<ResumeToken, SourceError> {
-    bson::from_bson(b.clone()).map_err(|e| {
-        fatal(
-            format!("the stored resume token {b} is unreadable: {e}"),
-            "rename the connector to start it from scratch",
-        )
-    })
 }
 
 impl MongoSource {
@@ -216,6 +93,16 @@ impl MongoSource {
         control_channel: &str,
     ) -> Result<Self, ConfigProblem> {
         config.validate()?;
+        Self::prepared(name, config, dead_letter, control_channel)
+    }
+
+    /// [`MongoSource::new`] for settings [`MongoConfig::validate`] already accepted.
+    pub(crate) fn prepared(
+        name: impl Into<String>,
+        config: MongoConfig,
+        dead_letter: &str,
+        control_channel: &str,
+    ) -> Result<Self, ConfigProblem> {
         let name = name.into();
         let template = config.template()?;
         let router = Router {
@@ -264,21 +151,21 @@ impl MongoSource {
             ErrorKind::Command(ce) => {
                 let msg = format!("connector {name}: MongoDB refused to {doing}: {} (code {} {})", ce.message, ce.code, ce.code_name);
                 match ce.code {
-                    40573 => fatal(msg, "change streams need a replica set or sharded cluster: start mongod with --replSet and run rs.initiate() (docker-compose.yml has one)").into(),
-                    13 | 18 => fatal(msg, "grant the connector's user the changeStream and find actions on the watched scope (the built-in `read` role), or fix the credentials in the uri").into(),
-                    280 => fatal(msg, format!("the pipeline must keep each event's `_id` (the resume token): remove the stage of `connectors.{name}.pipeline` that changes or drops it")).into(),
-                    260 => fatal(msg, format!("the stored resume token does not fit this deployment; rename connector {name} to start from scratch")).into(),
-                    2 | 9 | 14 | 168 | 40323 | 40324 | 40415 | 31249 | 31250 => fatal(msg, format!("correct `connectors.{name}.pipeline` or the full_document settings")).into(),
+                    40573 => SourceError::fatal(msg, "change streams need a replica set or sharded cluster: start mongod with --replSet and run rs.initiate() (docker-compose.yml has one)").into(),
+                    13 | 18 => SourceError::fatal(msg, "grant the connector's user the changeStream and find actions on the watched scope (the built-in `read` role), or fix the credentials in the uri").into(),
+                    280 => SourceError::fatal(msg, format!("the pipeline must keep each event's `_id` (the resume token): remove the stage of `connectors.{name}.pipeline` that changes or drops it")).into(),
+                    260 => SourceError::fatal(msg, format!("the stored resume token does not fit this deployment; rename connector {name} to start from scratch")).into(),
+                    2 | 9 | 14 | 168 | 40323 | 40324 | 40415 | 31249 | 31250 => SourceError::fatal(msg, format!("correct `connectors.{name}.pipeline` or the full_document settings")).into(),
                     _ => OpenError::Other(transient(format!("connector {name}: cannot {doing}"), e)),
                 }
             }
             ErrorKind::Authentication { message, .. } => {
-                fatal(format!("connector {name}: MongoDB authentication failed: {message}"), format!("fix the user and password in `connectors.{name}.uri`")).into()
+                SourceError::fatal(format!("connector {name}: MongoDB authentication failed: {message}"), format!("fix the user and password in `connectors.{name}.uri`")).into()
             }
             ErrorKind::InvalidArgument { message, .. } => {
-                fatal(format!("connector {name}: invalid setting: {message}"), format!("correct `connectors.{name}`")).into()
+                SourceError::fatal(format!("connector {name}: invalid setting: {message}"), format!("correct `connectors.{name}`")).into()
             }
-            ErrorKind::MissingResumeToken => fatal(
+            ErrorKind::MissingResumeToken => SourceError::fatal(
                 format!("connector {name}: a change event arrived without its `_id` resume token"),
                 format!("the pipeline must keep each event's `_id`: remove the stage of `connectors.{name}.pipeline` that drops it"),
             )
@@ -291,101 +178,22 @@ impl MongoSource {
     async fn open(&mut self, from: Option<&Position>) -> Result<Bson, OpenError> {
         self.reader = None;
         self.lookahead = None;
-        let mut opts = ChangeStreamOptions::default();
-        opts.full_document = match self.config.full_document {
-            FullDocument::Off => None,
-            FullDocument::UpdateLookup => Some(FullDocumentType::UpdateLookup),
-            FullDocument::WhenAvailable => Some(FullDocumentType::WhenAvailable),
-            FullDocument::Required => Some(FullDocumentType::Required),
+        let opened = change_stream::open(
+            self.client(),
+            &self.config,
+            &self.scope,
+            &self.pipeline,
+            from,
+            &self.router,
+            &self.name,
+        )
+        .await;
+        let (reader, token) = match opened {
+            Ok(opened) => opened,
+            Err(OpenFailure::Driver(e)) => return Err(self.classify(e, "open the change stream")),
+            Err(OpenFailure::Source(e)) => return Err(OpenError::Other(e)),
         };
-        opts.full_document_before_change = match self.config.full_document_before_change {
-            BeforeChange::Off => None,
-            BeforeChange::WhenAvailable => Some(FullDocumentBeforeChangeType::WhenAvailable),
-            BeforeChange::Required => Some(FullDocumentBeforeChangeType::Required),
-        };
-        opts.max_await_time = Some(self.config.max_await);
-        match from {
-            Some(Position::Token(t)) => opts.resume_after = Some(token_of(t)?),
-            Some(Position::StartAfter(t)) => opts.start_after = Some(token_of(t)?),
-            Some(Position::Snapshot(_)) | None => {}
-        }
-        enum Target<'a> {
-            Coll(&'a str, &'a str),
-            Db(&'a str),
-            All,
-        }
-        let mut pipeline = Vec::new();
-        let target = match &self.scope {
-            Scope::Collection { db, coll } => Target::Coll(db, coll),
-            Scope::Database(db) => Target::Db(db),
-            Scope::Deployment => Target::All,
-            Scope::Collections(list) => {
-                let lifecycle = doc! {"operationType": {"$in": ["invalidate", "dropDatabase"]}};
-                let first_db = &list[0].0;
-                if list.iter().all(|(db, _)| db == first_db) {
-                    let colls: Vec<Bson> =
-                        list.iter().map(|(_, c)| Bson::String(c.clone())).collect();
-                    pipeline
-                        .push(doc! {"$match": {"$or": [{"ns.coll": {"$in": colls}}, lifecycle]}});
-                    Target::Db(first_db)
-                } else {
-                    let nss: Vec<Bson> = list
-                        .iter()
-                        .map(|(db, c)| Bson::Document(doc! {"db": db, "coll": c}))
-                        .collect();
-                    pipeline.push(doc! {"$match": {"$or": [{"ns": {"$in": nss}}, lifecycle]}});
-                    Target::All
-                }
-            }
-        };
-        pipeline.extend(self.pipeline.iter().cloned());
-        let client = self.client();
-        let opened = match target {
-            Target::Coll(db, coll) => {
-                let c = client.database(db).collection::<Document>(coll);
-                c.watch().pipeline(pipeline).with_options(opts).await
-            }
-            Target::Db(db) => {
-                let d = client.database(db);
-                d.watch().pipeline(pipeline).with_options(opts).await
-            }
-            Target::All => client.watch().pipeline(pipeline).with_options(opts).await,
-        };
-        let stream = match opened {
-            Ok(s) => s.with_type::<RawDocumentBuf>(),
-            Err(e) => return Err(self.classify(e, "open the change stream")),
-        };
-        let token = match stream.resume_token() {
-            Some(t) => bson::to_bson(&t).map_err(|e| {
-                fatal(
-                    format!("cannot read the stream's resume token: {e}"),
-                    "report this as a bug",
-                )
-            })?,
-            None => match from {
-                Some(Position::Token(t) | Position::StartAfter(t)) => t.clone(),
-                _ => {
-                    return Err(fatal(
-                        format!(
-                        "connector {}: MongoDB returned no resume token for the new change stream",
-                        self.name
-                    ),
-                        "use MongoDB 4.0.7 or newer (postBatchResumeToken)",
-                    )
-                    .into())
-                }
-            },
-        };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let limit = self.config.max_await + self.config.network_timeout;
-        let task = tokio::spawn(read(
-            stream,
-            tx,
-            self.router.clone(),
-            self.name.clone(),
-            limit,
-        ));
-        self.reader = Some(Reader { rx, task });
+        self.reader = Some(reader);
         self.mode = Mode::Streaming;
         tracing::info!(source = %self.name, from = ?from.map(Position::describe), "change stream open");
         Ok(token)
@@ -395,7 +203,7 @@ impl MongoSource {
     async fn history_lost(&mut self, lost: &Position, e: MongoError) -> Result<(), SourceError> {
         let name = &self.name;
         match self.config.on_history_lost {
-            OnHistoryLost::Fail => Err(fatal(
+            OnHistoryLost::Fail => Err(SourceError::fatal(
                 format!("connector {name}: MongoDB no longer has the change stream position {} in its oplog ({e}); the changes after it cannot be read, and skipping them silently would lose them", lost.describe()),
                 format!("set `connectors.{name}.on_history_lost = \"resnapshot\"` to re-publish the current documents (their channels restart under a new epoch, so clients know to resync), or rename the connector to start from now; then enlarge the oplog (replSetResizeOplog) to cover the longest time the connector may be stopped"),
             )),
@@ -403,283 +211,6 @@ impl MongoSource {
                 tracing::warn!(source = %name, lost = %lost.describe(), "change stream history lost; re-snapshotting the current documents");
                 self.begin_snapshot(SnapshotReason::HistoryLost).await
             }
-        }
-    }
-
-    /// Take the stream's position now, then read the existing documents.
-    async fn begin_snapshot(&mut self, reason: SnapshotReason) -> Result<(), SourceError> {
-        let resume = match self.open(None).await {
-            Ok(t) => t,
-            Err(OpenError::Other(e)) => return Err(e),
-            Err(OpenError::HistoryLost(e)) => {
-                return Err(transient(
-                    format!("connector {}: cannot open a change stream", self.name),
-                    e,
-                ))
-            }
-        };
-        // The position is kept; the stream reopens from it once the snapshot is published.
-        self.reader = None;
-        let progress = SnapshotProgress {
-            resume,
-            ns: None,
-            after: None,
-            reason,
-        };
-        if reason == SnapshotReason::HistoryLost {
-            let data = json!({"reason": "history_lost", "source": self.name, "detail": "the change stream's history was lost; every current document is published again, and each channel that holds one restarts under a new epoch first"});
-            let id = format!(
-                "mdbs-resync:{}",
-                digest(&[progress
-                    .resume
-                    .clone()
-                    .into_canonical_extjson()
-                    .to_string()
-                    .as_bytes()])
-            );
-            let message =
-                self.router
-                    .control("resync", tidings_connectors_core::json_text(&data), id);
-            self.pending.push_back(Ok(Batch {
-                messages: vec![message],
-                position: Position::Snapshot(progress.clone()).to_source(),
-            }));
-        }
-        if reason == SnapshotReason::HistoryLost {
-            self.resnapshot = Some(progress.resume.clone());
-            self.reset_seen.clear();
-        }
-        self.mode = Mode::Snapshot(Box::new(progress));
-        self.snapshot_colls = None;
-        Ok(())
-    }
-
-    async fn snapshot_collections(&mut self) -> Result<Vec<(String, String)>, SourceError> {
-        if let Some(c) = &self.snapshot_colls {
-            return Ok(c.clone());
-        }
-        let client = self.client().clone();
-        let err = |s: &Self, e: MongoError| match s.classify(e, "list collections for the snapshot")
-        {
-            OpenError::Other(e) => e,
-            OpenError::HistoryLost(e) => transient("listing collections".into(), e),
-        };
-        let mut out = match &self.scope {
-            Scope::Collection { db, coll } => vec![(db.clone(), coll.clone())],
-            Scope::Collections(list) => list.clone(),
-            Scope::Database(db) => {
-                let names = client
-                    .database(db)
-                    .list_collection_names()
-                    .await
-                    .map_err(|e| err(self, e))?;
-                names
-                    .into_iter()
-                    .filter(|n| !n.starts_with("system."))
-                    .map(|n| (db.clone(), n))
-                    .collect()
-            }
-            Scope::Deployment => {
-                let mut out = Vec::new();
-                for db in client
-                    .list_database_names()
-                    .await
-                    .map_err(|e| err(self, e))?
-                {
-                    if ["admin", "config", "local"].contains(&db.as_str()) {
-                        continue;
-                    }
-                    for n in client
-                        .database(&db)
-                        .list_collection_names()
-                        .await
-                        .map_err(|e| err(self, e))?
-                    {
-                        if !n.starts_with("system.") {
-                            out.push((db.clone(), n));
-                        }
-                    }
-                }
-                out
-            }
-        };
-        out.sort();
-        self.snapshot_colls = Some(out.clone());
-        Ok(out)
-    }
-
-    /// Read the next batch of snapshot documents.
-    async fn snapshot_batch(&mut self, mut p: SnapshotProgress) -> Result<Batch, SourceError> {
-        let colls = self.snapshot_collections().await?;
-        // Continue with the collection in progress, or the first one sorting after it.
-        let current = match &p.ns {
-            None => colls.first().cloned(),
-            Some(ns) => colls.iter().find(|c| *c >= ns).cloned(),
-        };
-        let Some((db, coll)) = current else {
-            return Ok(self.finish_snapshot(p, Vec::new()));
-        };
-        if p.ns.as_ref() != Some(&(db.clone(), coll.clone())) {
-            p.after = None;
-        }
-        if self.meter.is_none() {
-            self.meter = Some(self.start_meter(&colls, &(db.clone(), coll.clone())).await);
-        }
-        // Documents stay as the driver received them: converted to JSON without decoding.
-        let collection = self
-            .client()
-            .database(&db)
-            .collection::<RawDocumentBuf>(&coll);
-        if p.after.is_none() {
-            tracing::debug!(source = %self.name, ns = %format!("{db}.{coll}"), "snapshot of collection starting");
-        }
-        let batch = self.config.snapshot_batch_size;
-        // Page by an index bound on `_id`, not by `{_id: {$gt: last}}`: a range filter compares
-        // within one BSON type bracket only, so after the last number it would never reach the
-        // strings, ObjectIds or dates of a collection whose `_id`s mix types. The bound follows
-        // the index's order, which is MongoDB's order across types. `min` is inclusive: the page
-        // asks for one more document and drops the one it starts at.
-        let find = collection.find(doc! {}).sort(doc! {"_id": 1});
-        let find = match &p.after {
-            Some(after) => find
-                .min(doc! {"_id": after.clone()})
-                .hint(Hint::Keys(doc! {"_id": 1}))
-                .limit(i64::from(batch) + 1)
-                .batch_size(batch.saturating_add(1)),
-            None => find.limit(i64::from(batch)).batch_size(batch),
-        };
-        let mut cursor = find.await.map_err(|e| {
-            transient(
-                format!(
-                    "connector {}: snapshot read of {db}.{coll} failed",
-                    self.name
-                ),
-                e,
-            )
-        })?;
-        let mut docs = Vec::new();
-        while cursor.advance().await.map_err(|e| {
-            transient(
-                format!(
-                    "connector {}: snapshot read of {db}.{coll} failed",
-                    self.name
-                ),
-                e,
-            )
-        })? {
-            docs.push(cursor.deserialize_current().map_err(|e| {
-                transient(
-                    format!(
-                        "connector {}: snapshot document of {db}.{coll} unreadable",
-                        self.name
-                    ),
-                    e,
-                )
-            })?);
-        }
-        let id_of = |d: &RawDocumentBuf| {
-            d.get("_id")
-                .ok()
-                .flatten()
-                .and_then(|v| Bson::try_from(v).ok())
-        };
-        if p.after.is_some() && docs.first().and_then(id_of).as_ref() == p.after.as_ref() {
-            docs.remove(0);
-        }
-        docs.truncate(batch as usize);
-        let full = docs.len() == batch as usize;
-        let last_id = docs.last().and_then(id_of);
-        let read = docs.len();
-        let mut messages = Vec::with_capacity(docs.len());
-        for d in docs {
-            for m in self.router.snapshot_raw(&db, &coll, &d, &p.resume)? {
-                self.note_reset(&m.channel, &p);
-                messages.push(m);
-            }
-        }
-        if let Some(meter) = &mut self.meter {
-            meter.add(read as u64, &format!("{db}.{coll}"));
-        }
-        if full {
-            p.ns = Some((db, coll));
-            p.after = last_id;
-            self.mode = Mode::Snapshot(Box::new(p.clone()));
-            return Ok(Batch {
-                messages,
-                position: Position::Snapshot(p).to_source(),
-            });
-        }
-        // This collection is done: on to the next, or to the stream.
-        match colls.iter().find(|c| **c > (db.clone(), coll.clone())) {
-            Some(next) => {
-                p.ns = Some(next.clone());
-                p.after = None;
-                self.mode = Mode::Snapshot(Box::new(p.clone()));
-                Ok(Batch {
-                    messages,
-                    position: Position::Snapshot(p).to_source(),
-                })
-            }
-            None => Ok(self.finish_snapshot(p, messages)),
-        }
-    }
-
-    /// After a history loss, each channel restarts under a new epoch just before its first
-    /// re-published document: the runner resets it (see [`Source::take_resets`]) before
-    /// appending the batch that holds that document.
-    fn note_reset(&mut self, channel: &str, p: &SnapshotProgress) {
-        if p.reason != SnapshotReason::HistoryLost
-            || channel == self.router.control_channel
-            || channel == self.router.dead_letter
-            || !self.reset_seen.insert(channel.to_owned())
-        {
-            return;
-        }
-        self.reset_pending.push(channel.to_owned());
-    }
-
-    /// Meter a snapshot run: the estimated documents of every collection, those of the
-    /// collections sorting before `current` counted as done (a run resumed after a restart).
-    async fn start_meter(
-        &self,
-        colls: &[(String, String)],
-        current: &(String, String),
-    ) -> SnapshotMeter {
-        let (mut total, mut done) = (0, 0);
-        for (db, coll) in colls {
-            // An estimate from collection metadata (no scan); progress is not worth failing for.
-            let n = match self
-                .client()
-                .database(db)
-                .collection::<Document>(coll)
-                .estimated_document_count()
-                .await
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(source = %self.name, ns = %format!("{db}.{coll}"), error = %e, "no document count estimate");
-                    0
-                }
-            };
-            total += n;
-            if (db, coll) < (&current.0, &current.1) {
-                done += n;
-            }
-        }
-        SnapshotMeter::new(&self.name, total, done, self.display)
-    }
-
-    fn finish_snapshot(&mut self, p: SnapshotProgress, messages: Vec<Publish>) -> Batch {
-        if let Some(mut meter) = self.meter.take() {
-            meter.finish();
-        }
-        tracing::info!(source = %self.name, "snapshot done; streaming changes from the position taken before it");
-        let position = Position::Token(p.resume);
-        self.reopen = Some(position.clone());
-        self.mode = Mode::Streaming;
-        Batch {
-            messages,
-            position: position.to_source(),
         }
     }
 
@@ -764,7 +295,7 @@ impl MongoSource {
         if invalidated {
             let position = Position::StartAfter(position);
             match self.config.on_invalidate {
-                OnInvalidate::Fail => self.pending.push_back(Err(fatal(
+                OnInvalidate::Fail => self.pending.push_back(Err(SourceError::fatal(
                     format!("connector {}: the change stream was invalidated (the watched collection or database was dropped or renamed); the `invalidate` control message is published", self.name),
                     format!("restart to continue after the invalidate (the checkpoint resumes with startAfter), or set `connectors.{}.on_invalidate = \"start_after\"` to continue on its own", self.name),
                 ))),
@@ -887,7 +418,7 @@ impl Source for MongoSource {
             .map(|p| Position::from_source(&p))
             .transpose()
             .map_err(|e| {
-                fatal(
+                SourceError::fatal(
                     format!(
                         "connector {}: the stored checkpoint is unreadable: {e}",
                         self.name

@@ -2,10 +2,10 @@
 //! defaults `tidings serve --postgres URL` uses, checked once at start-up.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tidings_connectors_core::{ConfigProblem, OnPoison};
 
 /// Default replication slot name.
 pub const DEFAULT_SLOT: &str = "tidings";
@@ -26,17 +26,6 @@ pub const DEFAULT_CLEANUP_BATCH: usize = 1_000;
 /// Default pause between clean-up statements when rows are waiting.
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_millis(200);
 
-/// What to do with an outbox row that cannot become a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnPoison {
-    /// Publish the error, the row and its position to the dead-letter channel; go on.
-    #[default]
-    DeadLetter,
-    /// Stop the connector and tell the operator.
-    Stop,
-}
-
 /// What to do when the replication slot no longer has the changes after the checkpoint
 /// (dropped, invalidated by Postgres, recreated, or advanced by someone else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -48,40 +37,6 @@ pub enum OnSlotLost {
     /// Create the slot again (dropping an invalidated one first), continue from it, and give
     /// every channel this connector published to a new epoch so clients resync.
     Recreate,
-}
-
-/// `sslmode`, as libpq spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    /// TLS when the server offers it, plain otherwise (libpq's default).
-    #[default]
-    Prefer,
-    /// TLS without checking the certificate.
-    Require,
-    /// TLS, certificate chain checked against the CA.
-    VerifyCa,
-    /// TLS, certificate chain and host name checked.
-    VerifyFull,
-}
-
-impl FromStr for SslMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "disable" => SslMode::Disable,
-            "prefer" | "allow" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-            ))
-            }
-        })
-    }
 }
 
 /// A connection URL (`postgres://user:password@host:port/db?sslmode=require`) or libpq
@@ -201,14 +156,6 @@ fn default_max_batch_messages() -> usize {
     DEFAULT_MAX_BATCH_MESSAGES
 }
 
-/// A bad setting: the field (relative to the connector's table) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}` {problem}")]
-pub struct ConfigProblem {
-    pub field: &'static str,
-    pub problem: String,
-}
-
 /// A Postgres identifier we accept for slots and publications: lowercase letters, digits and
 /// `_`, at most 63 bytes, not starting with a digit. Slot names allow nothing else anyway,
 /// and keeping publications to the same set means they never need quoting.
@@ -246,7 +193,7 @@ impl PostgresConfig {
 
     /// Check every value; the first problem names its field.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        let bad = |field, problem: String| Err(ConfigProblem { field, problem });
+        let bad = |field: &str, problem: String| Err(ConfigProblem::new(field, problem));
         if let Err(e) = crate::connection::Settings::parse(self.url.expose()) {
             return bad("url", e.to_string());
         }
@@ -321,6 +268,14 @@ impl PostgresConfig {
             );
         }
         Ok(())
+    }
+
+    /// The channel of table-level events of connector `name`: as configured, or
+    /// `postgres:NAME`.
+    pub fn control_channel(&self, name: &str) -> String {
+        self.control_channel
+            .clone()
+            .unwrap_or_else(|| format!("postgres:{name}"))
     }
 
     /// The outbox table as (schema, table). Call after [`PostgresConfig::validate`].

@@ -13,7 +13,7 @@ use std::time::Duration;
 use pgwire_replication::{ReplicationConfig, TlsConfig};
 use tokio_postgres::config::Host;
 
-use crate::config::SslMode;
+use crate::tls::SslMode;
 
 /// An SQL round trip that got no answer within the connector's `network_timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,11 +1,11 @@
 //! Slot lag: how many bytes of WAL the replication slot holds back, read from
-//! `pg_replication_slots` every status interval on its own SQL session and handed to an
-//! observer (the server turns it into the `tidings_postgres_slot_lag_bytes` gauge) and to the
-//! connector's [`SlotStatus`].
+//! `pg_replication_slots` every status interval on its own SQL session and handed to the
+//! connector's status fields and gauges ([`LagReport`]).
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
+
+use tidings_connectors_core::metrics::Unit;
+use tidings_connectors_core::{ConnectorGauge, Context, StatusFields};
 
 use crate::connection::{answered, within, Settings};
 
@@ -19,40 +19,46 @@ pub struct SlotLag {
     pub retained_bytes: i64,
 }
 
-/// Called with each reading; must not block.
-pub type LagObserver = Arc<dyn Fn(&str, SlotLag) + Send + Sync>;
-
-/// The latest reading, shared with whoever reports the connector's status. `-1` until the
-/// first reading, and while the slot cannot be read.
-#[derive(Debug)]
-pub struct SlotStatus {
-    lag_bytes: AtomicI64,
-    retained_bytes: AtomicI64,
+/// Where the readings go: the connector's status fields (`slot_lag_bytes`,
+/// `retained_wal_bytes`; `null` until the first reading and while the slot cannot be read) and
+/// its two gauges, `tidings_postgres_slot_lag_bytes` and `tidings_postgres_slot_retained_wal_bytes`
+/// (a series appears at the first reading), all from the runtime's [`Context`].
+#[derive(Debug, Clone)]
+pub struct LagReport {
+    status: StatusFields,
+    lag: ConnectorGauge,
+    retained: ConnectorGauge,
 }
 
-impl Default for SlotStatus {
-    fn default() -> Self {
-        SlotStatus {
-            lag_bytes: AtomicI64::new(-1),
-            retained_bytes: AtomicI64::new(-1),
-        }
+impl LagReport {
+    /// Register the gauges with `ctx`'s metrics and show both status fields as unknown.
+    pub fn new(ctx: &Context) -> Self {
+        let report = LagReport {
+            status: ctx.status.clone(),
+            lag: ctx.metrics.gauge(
+                "postgres_slot_lag",
+                "WAL written since the position a Postgres connector last confirmed (pg_current_wal_lsn() - confirmed_flush_lsn)",
+                Some(Unit::Bytes),
+            ),
+            retained: ctx.metrics.gauge(
+                "postgres_slot_retained_wal",
+                "WAL Postgres keeps for a connector's replication slot (pg_current_wal_lsn() - restart_lsn)",
+                Some(Unit::Bytes),
+            ),
+        };
+        report.set(None);
+        report
     }
-}
 
-impl SlotStatus {
-    /// The latest reading, if there is one.
-    pub fn get(&self) -> Option<SlotLag> {
-        let lag_bytes = self.lag_bytes.load(Ordering::Relaxed);
-        (lag_bytes >= 0).then(|| SlotLag {
-            lag_bytes,
-            retained_bytes: self.retained_bytes.load(Ordering::Relaxed),
-        })
-    }
-
+    /// Report a reading, or that there is none now; the gauges keep their last value then.
     fn set(&self, lag: Option<SlotLag>) {
-        let (a, b) = lag.map_or((-1, -1), |l| (l.lag_bytes, l.retained_bytes));
-        self.lag_bytes.store(a, Ordering::Relaxed);
-        self.retained_bytes.store(b, Ordering::Relaxed);
+        self.status.set("slot_lag_bytes", lag.map(|l| l.lag_bytes));
+        self.status
+            .set("retained_wal_bytes", lag.map(|l| l.retained_bytes));
+        if let Some(lag) = lag {
+            self.lag.set(lag.lag_bytes);
+            self.retained.set(lag.retained_bytes);
+        }
     }
 }
 
@@ -68,16 +74,14 @@ impl Drop for LagReader {
 }
 
 impl LagReader {
-    /// Read `slot` every `interval`, reporting to `status` and `observer` (as connector `name`);
-    /// a session that does not answer within `limit` is replaced.
+    /// Read `slot` every `interval`, reporting to `report`; a session that does not answer
+    /// within `limit` is replaced.
     pub fn spawn(
-        name: String,
         settings: Settings,
         slot: String,
         interval: Duration,
         limit: Duration,
-        status: Arc<SlotStatus>,
-        observer: Option<LagObserver>,
+        report: LagReport,
     ) -> Self {
         let task = tokio::spawn(async move {
             let mut client = None;
@@ -92,7 +96,7 @@ impl LagReader {
                     client = answered(within(limit, settings.connect_sql()).await).ok();
                 }
                 let Some(c) = client.as_ref() else {
-                    status.set(None);
+                    report.set(None);
                     continue;
                 };
                 let reading = within(
@@ -117,10 +121,7 @@ impl LagReader {
                         None
                     }
                 };
-                status.set(lag);
-                if let (Some(lag), Some(observe)) = (lag, observer.as_ref()) {
-                    observe(&name, lag);
-                }
+                report.set(lag);
             }
         });
         LagReader {

@@ -14,6 +14,7 @@ pub mod capture;
 pub mod cleanup;
 pub mod config;
 pub mod connection;
+pub mod connector;
 pub mod lag;
 pub mod migrate;
 pub mod outbox;

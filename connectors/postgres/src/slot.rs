@@ -50,13 +50,6 @@ impl std::fmt::Display for Loss {
 /// The fix for a lost slot, shared by every loss.
 const RECOVER: &str = "set `on_slot_lost = \"recreate\"` on the connector and restart: Tidings creates the slot again if needed, continues from it, and gives every channel it published to a new epoch so clients resync (they are told continuity was lost). Rows committed while the slot was missing are not streamed: re-insert the outbox rows clients must see";
 
-fn fatal(what: impl Into<String>, fix: impl Into<String>) -> SourceError {
-    SourceError::Fatal {
-        what: what.into(),
-        fix: fix.into(),
-    }
-}
-
 /// Map an SQL error: connection trouble is transient, the rest needs the operator.
 pub fn sql_error(doing: &str, e: tokio_postgres::Error) -> SourceError {
     use tokio_postgres::error::SqlState;
@@ -89,7 +82,7 @@ pub fn sql_error(doing: &str, e: tokio_postgres::Error) -> SourceError {
         }
     });
     match fatal_fix {
-        Some(fix) => fatal(what, fix),
+        Some(fix) => SourceError::fatal(what, fix),
         None => SourceError::Transient {
             what,
             source: Some(Box::new(e)),
@@ -137,7 +130,7 @@ pub async fn prepare(
         .map_err(q("cannot read wal_level"))?
         .get(0);
     if wal_level != "logical" {
-        return Err(fatal(
+        return Err(SourceError::fatal(
             format!("wal_level is {wal_level:?}; logical replication needs \"logical\""),
             "run ALTER SYSTEM SET wal_level = logical; (as a superuser) and restart Postgres, or start it with -c wal_level=logical",
         ));
@@ -151,7 +144,7 @@ pub async fn prepare(
         .map_err(q("cannot read the role's attributes"))?;
     let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
     if !can_replicate {
-        return Err(fatal(
+        return Err(SourceError::fatal(
             format!("role {user:?} may not start replication"),
             format!("as a superuser run ALTER ROLE \"{user}\" REPLICATION; or connect as a role that has it"),
         ));
@@ -165,7 +158,7 @@ pub async fn prepare(
         .map_err(q("cannot look up the publication"))?
         .is_some();
     if !publication_exists {
-        return Err(fatal(
+        return Err(SourceError::fatal(
             format!("publication {publication:?} does not exist in this database"),
             "run `tidings migrate --postgres URL` to create the outbox and its publication, or set the connector's `publication` to an existing one",
         ));
@@ -188,7 +181,7 @@ pub async fn prepare(
                 state.lost = Some(Loss::Dropped);
                 return Ok(state);
             }
-            return Err(fatal(
+            return Err(SourceError::fatal(
                 format!(
                     "replication slot {slot:?} does not exist, but this connector's checkpoint is at LSN {}: the slot was dropped, and with it the WAL of every change committed after that point that Tidings had not read yet. Those changes can no longer be streamed",
                     format_lsn(lsn)
@@ -202,7 +195,7 @@ pub async fn prepare(
         (row.get(0), row.get(1), row.get(2));
     let wal_status: Option<String> = row.get(3);
     if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") || !same_db {
-        return Err(fatal(
+        return Err(SourceError::fatal(
             format!(
                 "replication slot {slot:?} exists but is not a pgoutput logical slot of this database (type {slot_type}, plugin {})",
                 plugin.as_deref().unwrap_or("none")
@@ -230,7 +223,7 @@ pub async fn prepare(
     let lost = match resuming {
         Some(at) if confirmed_flush > at => {
             if !recreate {
-                return Err(fatal(
+                return Err(SourceError::fatal(
                     format!(
                         "replication slot {slot:?} is at LSN {} but this connector's checkpoint is at LSN {}: the slot was recreated, advanced (pg_replication_slot_advance) or read by another consumer, so the changes committed in between never reached Tidings and can no longer be streamed",
                         format_lsn(confirmed_flush),
@@ -256,7 +249,7 @@ pub async fn prepare(
 
 /// The error for a slot Postgres invalidated.
 pub fn lost(slot: &str) -> SourceError {
-    fatal(
+    SourceError::fatal(
         format!("replication slot {slot:?} was invalidated by Postgres (wal_status = lost, usually max_slot_wal_keep_size was exceeded while Tidings was behind or down): the WAL of changes Tidings had not read yet was removed, and those outbox rows can no longer be streamed"),
         format!("{RECOVER}; raise max_slot_wal_keep_size to survive longer outages"),
     )

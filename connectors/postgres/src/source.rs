@@ -32,18 +32,19 @@
 //! end LSN. Readers may see such a transaction's messages before all of it is in the log.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn as PgLsn, PgWireError, ReplicationClient, ReplicationEvent};
 use tidings_connectors_core::route::ChannelTemplate;
-use tidings_connectors_core::{json_text, Batch, Publish, Source, SourceError, SourcePosition};
+use tidings_connectors_core::{
+    json_text, Batch, Context, Publish, Source, SourceError, SourcePosition,
+};
 
 use crate::capture::{self, Op, Table};
 use crate::cleanup::Cleanup;
-use crate::config::{OnPoison, OnSlotLost, PostgresConfig};
+use crate::config::{ConfigProblem, OnPoison, OnSlotLost, PostgresConfig};
 use crate::connection::{within, Settings};
-use crate::lag::{LagObserver, LagReader, SlotStatus};
+use crate::lag::{LagReader, LagReport};
 use crate::outbox::{self, OutboxColumns};
 use crate::pgoutput::{self, format_lsn, Lsn};
 use crate::slot;
@@ -84,8 +85,8 @@ pub struct PostgresSource {
     idle: Option<Lsn>,
     /// When the last idle position was handed out.
     idle_handed: Instant,
-    status: Arc<SlotStatus>,
-    lag_observer: Option<LagObserver>,
+    /// Where the slot's lag readings go.
+    lag_report: LagReport,
     lag: Option<LagReader>,
     /// How often Postgres sends keepalives while it hears nothing from the connector (half
     /// its `wal_sender_timeout`, read at each start); `None` when it sends none.
@@ -134,39 +135,54 @@ struct Txn {
 #[error("connector {name}: {problem}")]
 pub struct BuildError {
     pub name: String,
-    pub problem: crate::config::ConfigProblem,
+    pub problem: ConfigProblem,
 }
 
 impl PostgresSource {
     /// A source named `name` (its checkpoint key) with validated `config`. Poison rows it
-    /// cannot even decode go to `dead_letter` (or stop it, per `config.on_poison`).
+    /// cannot even decode go to `dead_letter` (or stop it, per `config.on_poison`). Its status
+    /// and lag gauges go nowhere: the server builds it from a [`Context`] instead.
     pub fn new(
         name: impl Into<String>,
         config: PostgresConfig,
         dead_letter: impl Into<String>,
     ) -> Result<Self, BuildError> {
         let name = name.into();
-        config.validate().map_err(|problem| BuildError {
+        let fail = |problem| BuildError {
             name: name.clone(),
             problem,
-        })?;
-        let settings =
-            crate::connection::Settings::parse(config.url.expose()).expect("validated above");
+        };
+        config.validate().map_err(fail)?;
+        let ctx = Context::detached(&name, &dead_letter.into());
+        Self::from_context(ctx, config).map_err(fail)
+    }
+
+    /// The source of `ctx.name` with `config` as [`PostgresConfig::validate`] accepted it,
+    /// reporting its slot's lag to `ctx`'s status and gauges; table-level events go to the
+    /// configured control channel, `postgres:NAME` by default.
+    pub fn from_context(ctx: Context, config: PostgresConfig) -> Result<Self, ConfigProblem> {
+        let settings = crate::connection::Settings::parse(config.url.expose())
+            .map_err(|e| ConfigProblem::new("url", e.to_string()))?;
         let template = config
             .channel
             .as_deref()
-            .map(|t| ChannelTemplate::parse(t).expect("validated above"));
+            .map(ChannelTemplate::parse)
+            .transpose()
+            .map_err(|e| ConfigProblem::new("channel", e.problem))?;
+        let lag_report = LagReport::new(&ctx);
+        let Context {
+            name, dead_letter, ..
+        } = ctx;
         Ok(PostgresSource {
             template,
-            control_channel: format!("postgres:{name}"),
+            control_channel: config.control_channel(&name),
             tracker: Tracker::new(&name, settings.clone(), config.network_timeout),
             ready: None,
             pending_reset: None,
             resets: Vec::new(),
             idle: None,
             idle_handed: Instant::now(),
-            status: Arc::new(SlotStatus::default()),
-            lag_observer: None,
+            lag_report,
             lag: None,
             keepalive_every: None,
             last_heard: Instant::now(),
@@ -174,7 +190,7 @@ impl PostgresSource {
             name,
             config,
             settings,
-            dead_letter: dead_letter.into(),
+            dead_letter,
             stream: None,
             relations: HashMap::new(),
             txn: None,
@@ -191,16 +207,6 @@ impl PostgresSource {
     pub fn with_control_channel(mut self, channel: impl Into<String>) -> Self {
         self.control_channel = channel.into();
         self
-    }
-
-    /// The slot's latest lag reading, for the connector's status.
-    pub fn status(&self) -> Arc<SlotStatus> {
-        self.status.clone()
-    }
-
-    /// Call `observer` with each reading of the slot's lag (every `status_interval`).
-    pub fn observe_lag(&mut self, observer: LagObserver) {
-        self.lag_observer = Some(observer);
     }
 
     fn confirm(&mut self, lsn: Lsn) {
@@ -786,13 +792,11 @@ impl Source for PostgresSource {
         self.last_confirmed = self.last_heard;
         if self.lag.is_none() {
             self.lag = Some(LagReader::spawn(
-                self.name.clone(),
                 self.settings.clone(),
                 self.config.slot.clone(),
                 self.config.status_interval,
                 self.config.network_timeout,
-                self.status.clone(),
-                self.lag_observer.clone(),
+                self.lag_report.clone(),
             ));
         }
         if self.config.cleanup && self.cleanup.is_none() {
