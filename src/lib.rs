@@ -1,8 +1,9 @@
 //! Tidings: tails database change feeds into a durable channel log and fans it out to web and
 //! mobile clients that resume exactly where they left off.
 //!
-//! The binary (`main.rs`) only parses arguments; everything lives here. See
-//! `ARCHITECTURE.md` in the repository for the flow and the invariants.
+//! The binary (`main.rs`) only parses arguments; everything lives here. `docs/architecture.md`
+//! in the repository is the map: the flow from a publish or a database change to a client, file
+//! by file, the invariants and the tests that pin each, and the crate boundaries.
 
 pub mod auth;
 pub mod channel;

@@ -1,4 +1,4 @@
-//! The **Router** stage (docs/ARCHITECTURE.md): one change event (or snapshot document) to
+//! The **Router** stage (docs/architecture.md): one change event (or snapshot document) to
 //! messages, routed by the channel template or by the `_channel`/`_name`/`_headers` fields a
 //! pipeline sets, with the payload of [`crate::payload`] and the ids of [`crate::message_id`];
 //! lifecycle events become control messages, and events that cannot be routed go to the
