@@ -111,6 +111,8 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub retention: RetentionConfig,
+    /// What `/readyz` answers.
+    pub health: HealthConfig,
     /// Signed tokens: accepted public keys, audience and issuer.
     pub auth: AuthConfig,
     /// Browsers on other origins.
@@ -217,6 +219,17 @@ impl Default for RetentionConfig {
     }
 }
 
+/// What makes the node unready (`/readyz` answering 503) besides its shutdown.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A connector stopped by an error only the operator can fix makes the node unready, so a
+    /// load balancer moves clients to nodes that still stream the database. Off by default: the
+    /// node still serves its log, REST publishes and its other connectors, and where every node
+    /// shares the broken configuration, unready nodes would be an outage of everything.
+    pub unready_on_stopped_connector: bool,
+}
+
 /// Settings of one namespace.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,6 +252,7 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             retention: RetentionConfig::default(),
+            health: HealthConfig::default(),
             namespaces: BTreeMap::new(),
             connectors: BTreeMap::new(),
             auth: AuthConfig::default(),
@@ -742,6 +756,8 @@ mod tests {
             send_timeout = "5s"
             [retention]
             max_age = "2h"
+            [health]
+            unready_on_stopped_connector = true
             [namespaces.news]
             public = true
             max_messages = 100
@@ -750,6 +766,8 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.session.send_timeout, Duration::from_secs(5));
+        assert!(c.health.unready_on_stopped_connector);
+        assert!(!Config::default().health.unready_on_stopped_connector);
         assert_eq!(c.public_namespaces(), vec!["news".to_string()]);
         let policy = c.retention_policy();
         let news = policy.for_namespace("news");

@@ -47,6 +47,11 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabel {
+    connector: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: &'static str,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     pub catch_up_log_pages: Counter,
     sessions_closed: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
+    connectors_stopped: Family<ConnectorLabel, Counter>,
     /// Gauges connectors set for themselves (Postgres slot lag), labelled by connector.
     connectors: Arc<ConnectorGauges>,
 }
@@ -138,6 +144,12 @@ impl Metrics {
             "Errors answered to clients, by code",
             errors.clone(),
         );
+        let connectors_stopped = Family::<ConnectorLabel, Counter>::default();
+        registry.register(
+            "connectors_stopped",
+            "Connectors stopped by an error only the operator can fix (the rest of the server goes on), by connector",
+            connectors_stopped.clone(),
+        );
         // Last, as the connectors' gauges always came last in the exposition.
         let connectors = Arc::new(ConnectorGauges::default());
         registry.register_collector(Box::new(connectors.clone()));
@@ -152,6 +164,7 @@ impl Metrics {
             catch_up_log_pages,
             sessions_closed,
             errors,
+            connectors_stopped,
             connectors,
         }
     }
@@ -184,6 +197,15 @@ impl Metrics {
         self.errors
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Connector `name` stopped with an error only the operator can fix.
+    pub fn connector_stopped(&self, name: &str) {
+        self.connectors_stopped
+            .get_or_create(&ConnectorLabel {
+                connector: name.to_owned(),
             })
             .inc();
     }

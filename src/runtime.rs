@@ -50,7 +50,7 @@ pub struct Server {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     log: Arc<dyn ChannelLog>,
-    /// Fatal errors of sources; one stops the server.
+    /// Fatal errors of sources; each stopped its source, not the server.
     failures: Arc<parking_lot::Mutex<Vec<String>>>,
     /// The status of this server's connectors.
     connectors: Arc<ConnectorRegistry>,
@@ -150,12 +150,15 @@ impl Server {
         let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (opts, src) in sources {
             let (log, shutdown, failures) = (log.clone(), shutdown.clone(), failures.clone());
+            let metrics = state.metrics.clone();
             connectors.spawn(async move {
-                if let Some(e) = crate::source::run(src, opts, log, shutdown.clone()).await {
-                    // A source that needs the operator stops the server, so it gets noticed
-                    // (and a supervisor's restart does not hide it).
+                let name = opts.name.clone();
+                if let Some(e) = crate::source::run(src, opts, log, shutdown).await {
+                    // A source that needs the operator stops alone: the rest of the server
+                    // (its log, REST publishers, the other connectors) goes on. Its status,
+                    // `/readyz` and the metric say so until the operator fixes it.
+                    metrics.connector_stopped(&name);
                     failures.lock().push(e.to_string());
-                    shutdown.cancel();
                 }
             });
         }
@@ -186,7 +189,8 @@ impl Server {
         self.connectors.clone()
     }
 
-    /// Fatal errors of sources so far (each stopped the server), in the order they happened.
+    /// Fatal errors of sources so far (each stopped its source; the server goes on), in the
+    /// order they happened.
     pub fn source_failures(&self) -> Arc<parking_lot::Mutex<Vec<String>>> {
         self.failures.clone()
     }
