@@ -4,7 +4,6 @@
 //! "going away, resume elsewhere" reason; let in-flight publishes finish (their appends are
 //! durable before they answer); then close the log, which commits whatever is queued.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,16 +219,10 @@ async fn serve(
     let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
     let log = state.log.clone();
+    let limits = crate::listener::HttpLimits::from(&state.config.limits);
+    let metrics = state.metrics.clone();
     let app = router(state);
-    // Small frames (acks, live messages) go out at once instead of waiting for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let served = crate::listener::serve(listener, app, limits, metrics, shutdown.clone());
     // Graceful shutdown waits for every open HTTP response to end; a response going to a client
     // that stopped reading (a stuck SSE stream, a long-poll answer into a full socket) would
     // never end, and the server would never stop. Give them the drain timeout, then go on:
@@ -241,12 +234,7 @@ async fn serve(
     .shared();
     let bounded = async { tokio::time::sleep_until(deadline.clone().await).await };
     tokio::select! {
-        served = served => {
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-                shutdown.cancel();
-            }
-        }
+        () = served => {}
         () = bounded => tracing::warn!(
             "some HTTP responses did not finish within {DRAIN_TIMEOUT:?} of the shutdown (clients not reading); closing them"
         ),
