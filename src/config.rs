@@ -38,6 +38,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_SUBJECT: usize = DEFAULT_MAX_CONNECTIONS;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1_000;
 /// Default publishes per second per connection.
 pub const DEFAULT_PUBLISH_RATE: u32 = 1_000;
+/// Default longest time a new connection may take to send its first complete request head.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest time a keep-alive HTTP connection may wait for its next request head.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default most connections at once that have not yet sent a complete request head.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
 /// Default interval of WebSocket pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Default time without any frame from a client before its connection is closed.
@@ -111,6 +117,8 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub retention: RetentionConfig,
+    /// What `/readyz` answers.
+    pub health: HealthConfig,
     /// Signed tokens: accepted public keys, audience and issuer.
     pub auth: AuthConfig,
     /// Browsers on other origins.
@@ -146,6 +154,16 @@ pub struct Limits {
     pub max_channels_per_connection: usize,
     /// Publishes per second per connection (bursts up to the same number).
     pub publish_rate: u32,
+    /// A new connection that has not sent a complete request head within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// A keep-alive connection with no complete next request head within this is closed
+    /// (WebSocket sessions, SSE streams and long-polls are requests in progress, never idle).
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    /// Most connections at once still waiting for their first complete request head; one more
+    /// closes the oldest of them, so clients that send their request at once are served.
+    pub max_pending_connections: usize,
 }
 
 impl Default for Limits {
@@ -159,6 +177,9 @@ impl Default for Limits {
             max_connections_per_subject: DEFAULT_MAX_CONNECTIONS_PER_SUBJECT,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             publish_rate: DEFAULT_PUBLISH_RATE,
+            request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
+            http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
         }
     }
 }
@@ -217,6 +238,17 @@ impl Default for RetentionConfig {
     }
 }
 
+/// What makes the node unready (`/readyz` answering 503) besides its shutdown.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A connector stopped by an error only the operator can fix makes the node unready, so a
+    /// load balancer moves clients to nodes that still stream the database. Off by default: the
+    /// node still serves its log, REST publishes and its other connectors, and where every node
+    /// shares the broken configuration, unready nodes would be an outage of everything.
+    pub unready_on_stopped_connector: bool,
+}
+
 /// Settings of one namespace.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,6 +271,7 @@ impl Default for Config {
             limits: Limits::default(),
             session: SessionConfig::default(),
             retention: RetentionConfig::default(),
+            health: HealthConfig::default(),
             namespaces: BTreeMap::new(),
             connectors: BTreeMap::new(),
             auth: AuthConfig::default(),
@@ -515,6 +548,11 @@ impl Config {
                 1_000_000,
             ),
             ("limits.publish_rate", l.publish_rate as usize, 10_000_000),
+            (
+                "limits.max_pending_connections",
+                l.max_pending_connections,
+                10_000_000,
+            ),
         ] {
             if value == 0 || value > max {
                 return Err(invalid(
@@ -531,10 +569,18 @@ impl Config {
             ),
             ("retention.interval", self.retention.interval),
             ("retention.dedup_window", self.retention.dedup_window),
+            ("limits.request_head_timeout", l.request_head_timeout),
+            ("limits.http_idle_timeout", l.http_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be longer than zero"));
             }
+        }
+        if l.request_head_timeout > l.http_idle_timeout {
+            return Err(invalid(
+                "limits.request_head_timeout",
+                "must not be longer than limits.http_idle_timeout, which bounds every request head too",
+            ));
         }
         if self.session.idle_timeout <= self.session.ping_interval {
             return Err(invalid(
@@ -742,6 +788,8 @@ mod tests {
             send_timeout = "5s"
             [retention]
             max_age = "2h"
+            [health]
+            unready_on_stopped_connector = true
             [namespaces.news]
             public = true
             max_messages = 100
@@ -750,6 +798,8 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.session.send_timeout, Duration::from_secs(5));
+        assert!(c.health.unready_on_stopped_connector);
+        assert!(!Config::default().health.unready_on_stopped_connector);
         assert_eq!(c.public_namespaces(), vec!["news".to_string()]);
         let policy = c.retention_policy();
         let news = policy.for_namespace("news");
@@ -761,6 +811,47 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("0123456789abcdef"),
             "secrets never print"
+        );
+    }
+
+    #[test]
+    fn http_connection_limits_parse_and_name_a_bad_value() {
+        let c = Config::from_toml(
+            "[limits]\nrequest_head_timeout = \"2s\"\nhttp_idle_timeout = \"5s\"\nmax_pending_connections = 50\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.request_head_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.http_idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_pending_connections, 50);
+        let d = Config::default().limits;
+        assert_eq!(
+            (
+                d.request_head_timeout,
+                d.http_idle_timeout,
+                d.max_pending_connections
+            ),
+            (Duration::from_secs(10), Duration::from_secs(60), 1024)
+        );
+        let field = |toml: &str| match Config::from_toml(toml).map(|c| c.validate()) {
+            Ok(Err(ConfigError::Invalid { field, .. })) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field("[limits]\nrequest_head_timeout = \"0s\"\n"),
+            "limits.request_head_timeout"
+        );
+        assert_eq!(
+            field("[limits]\nhttp_idle_timeout = \"0s\"\n"),
+            "limits.http_idle_timeout"
+        );
+        assert_eq!(
+            field("[limits]\nrequest_head_timeout = \"90s\"\n"),
+            "limits.request_head_timeout"
+        );
+        assert_eq!(
+            field("[limits]\nmax_pending_connections = 0\n"),
+            "limits.max_pending_connections"
         );
     }
 

@@ -50,6 +50,17 @@ impl ConnectorRegistry {
             .collect();
         serde_json::json!({ "connectors": connectors })
     }
+
+    /// The names of the connectors stopped by an error only the operator can fix, in name
+    /// order: what `/readyz` names (the reasons, which name hosts and tables, stay behind
+    /// `GET /v1/connectors`).
+    pub fn stopped(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(_, c)| c.run.failed())
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
 }
 
 /// Sources with their runner options, as [`crate::runtime::Server::start_with_sources`] takes them.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod grant;
 pub mod hub;
 pub mod limits;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod publish;

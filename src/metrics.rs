@@ -36,6 +36,25 @@ pub enum CloseReason {
     token_expired,
 }
 
+/// Why the server closed an HTTP connection that had no request in progress.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HttpClose {
+    /// No complete first request head within `limits.request_head_timeout`.
+    head_timeout,
+    /// The oldest connection still without a complete first request head, closed to admit a
+    /// new one beyond `limits.max_pending_connections`.
+    pending_limit,
+    /// A keep-alive connection without a complete next request head within
+    /// `limits.http_idle_timeout`.
+    idle_timeout,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpCloseLabel {
+    reason: HttpClose,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabel {
     transport: Transport,
@@ -44,6 +63,11 @@ struct TransportLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: CloseReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabel {
+    connector: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +93,8 @@ pub struct Metrics {
     pub catch_up_log_pages: Counter,
     sessions_closed: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
+    connectors_stopped: Family<ConnectorLabel, Counter>,
+    http_closed: Family<HttpCloseLabel, Counter>,
     /// Gauges connectors set for themselves (Postgres slot lag), labelled by connector.
     connectors: Arc<ConnectorGauges>,
 }
@@ -138,6 +164,18 @@ impl Metrics {
             "Errors answered to clients, by code",
             errors.clone(),
         );
+        let connectors_stopped = Family::<ConnectorLabel, Counter>::default();
+        registry.register(
+            "connectors_stopped",
+            "Connectors stopped by an error only the operator can fix (the rest of the server goes on), by connector",
+            connectors_stopped.clone(),
+        );
+        let http_closed = Family::<HttpCloseLabel, Counter>::default();
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections the server closed while they had no request in progress, by reason",
+            http_closed.clone(),
+        );
         // Last, as the connectors' gauges always came last in the exposition.
         let connectors = Arc::new(ConnectorGauges::default());
         registry.register_collector(Box::new(connectors.clone()));
@@ -152,6 +190,8 @@ impl Metrics {
             catch_up_log_pages,
             sessions_closed,
             errors,
+            connectors_stopped,
+            http_closed,
             connectors,
         }
     }
@@ -185,6 +225,22 @@ impl Metrics {
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
             })
+            .inc();
+    }
+
+    /// Connector `name` stopped with an error only the operator can fix.
+    pub fn connector_stopped(&self, name: &str) {
+        self.connectors_stopped
+            .get_or_create(&ConnectorLabel {
+                connector: name.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The server closed an HTTP connection for `reason`.
+    pub fn http_closed(&self, reason: HttpClose) {
+        self.http_closed
+            .get_or_create(&HttpCloseLabel { reason })
             .inc();
     }
 

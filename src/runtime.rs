@@ -4,7 +4,6 @@
 //! "going away, resume elsewhere" reason; let in-flight publishes finish (their appends are
 //! durable before they answer); then close the log, which commits whatever is queued.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +49,7 @@ pub struct Server {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     log: Arc<dyn ChannelLog>,
-    /// Fatal errors of sources; one stops the server.
+    /// Fatal errors of sources; each stopped its source, not the server.
     failures: Arc<parking_lot::Mutex<Vec<String>>>,
     /// The status of this server's connectors.
     connectors: Arc<ConnectorRegistry>,
@@ -150,12 +149,15 @@ impl Server {
         let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (opts, src) in sources {
             let (log, shutdown, failures) = (log.clone(), shutdown.clone(), failures.clone());
+            let metrics = state.metrics.clone();
             connectors.spawn(async move {
-                if let Some(e) = crate::source::run(src, opts, log, shutdown.clone()).await {
-                    // A source that needs the operator stops the server, so it gets noticed
-                    // (and a supervisor's restart does not hide it).
+                let name = opts.name.clone();
+                if let Some(e) = crate::source::run(src, opts, log, shutdown).await {
+                    // A source that needs the operator stops alone: the rest of the server
+                    // (its log, REST publishers, the other connectors) goes on. Its status,
+                    // `/readyz` and the metric say so until the operator fixes it.
+                    metrics.connector_stopped(&name);
                     failures.lock().push(e.to_string());
-                    shutdown.cancel();
                 }
             });
         }
@@ -186,7 +188,8 @@ impl Server {
         self.connectors.clone()
     }
 
-    /// Fatal errors of sources so far (each stopped the server), in the order they happened.
+    /// Fatal errors of sources so far (each stopped its source; the server goes on), in the
+    /// order they happened.
     pub fn source_failures(&self) -> Arc<parking_lot::Mutex<Vec<String>>> {
         self.failures.clone()
     }
@@ -216,16 +219,10 @@ async fn serve(
     let shutdown = state.shutdown.clone();
     let sessions = state.sessions.clone();
     let log = state.log.clone();
+    let limits = crate::listener::HttpLimits::from(&state.config.limits);
+    let metrics = state.metrics.clone();
     let app = router(state);
-    // Small frames (acks, live messages) go out at once instead of waiting for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let served = crate::listener::serve(listener, app, limits, metrics, shutdown.clone());
     // Graceful shutdown waits for every open HTTP response to end; a response going to a client
     // that stopped reading (a stuck SSE stream, a long-poll answer into a full socket) would
     // never end, and the server would never stop. Give them the drain timeout, then go on:
@@ -237,12 +234,7 @@ async fn serve(
     .shared();
     let bounded = async { tokio::time::sleep_until(deadline.clone().await).await };
     tokio::select! {
-        served = served => {
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-                shutdown.cancel();
-            }
-        }
+        () = served => {}
         () = bounded => tracing::warn!(
             "some HTTP responses did not finish within {DRAIN_TIMEOUT:?} of the shutdown (clients not reading); closing them"
         ),

@@ -25,6 +25,8 @@ use crate::publish::{Fields, MAX_ID_LEN};
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The `reason` of a source stopped by the server's shutdown rather than by an error.
+const SHUT_DOWN: &str = "shut down";
 
 /// What to do with a change that cannot become a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +141,12 @@ impl SourceStatus {
         self.0.lock().clone()
     }
 
+    /// Whether the source was stopped by an error only the operator can fix (not by the
+    /// shutdown): what `/readyz` reports.
+    pub fn failed(&self) -> bool {
+        matches!(&self.0.lock().state, RunState::Stopped { reason } if reason != SHUT_DOWN)
+    }
+
     fn set_state(r: &mut StatusReport, state: RunState) {
         r.state = state;
         r.since = Timestamp::now();
@@ -190,7 +198,7 @@ impl SourceStatus {
                 Self::error(&mut r, e);
                 e.to_string()
             }
-            None => "shut down".to_owned(),
+            None => SHUT_DOWN.to_owned(),
         };
         Self::set_state(&mut r, RunState::Stopped { reason });
     }
@@ -542,6 +550,10 @@ mod tests {
             (Some("retrying"), Some(1))
         );
         assert!(json["retry_at"].is_string(), "{json}");
+        assert!(
+            !status.failed(),
+            "retrying is not a failure the operator must fix"
+        );
         status.stopped(Some(&SourceError::Fatal {
             what: "slot gone".into(),
             fix: "recreate it".into(),
@@ -550,6 +562,21 @@ mod tests {
         assert_eq!(json["state"], "stopped");
         assert_eq!(json["reason"], "slot gone; to fix: recreate it");
         assert_eq!(json["errors"], 4);
+        assert!(status.failed());
+    }
+
+    #[test]
+    fn a_shutdown_is_not_a_failure() {
+        let status = SourceStatus::default();
+        status.running();
+        status.stopped(None);
+        assert_eq!(
+            status.report().state,
+            RunState::Stopped {
+                reason: "shut down".into()
+            }
+        );
+        assert!(!status.failed());
     }
 
     #[test]

@@ -413,7 +413,13 @@ async fn a_change_stream_connection_gone_silent_is_replaced() {
     server.wait().await;
 }
 
-async fn history_lost_setup(policy: OnHistoryLost) -> (Mongo, tempfile::TempDir, Server) {
+/// Connector `shop` streams one change, then a change falls off the oplog while tidings is
+/// down; the server comes back (its configuration changed by `adjust`, which may add
+/// connectors) to a history that lost its position.
+async fn history_lost_setup(
+    policy: OnHistoryLost,
+    adjust: impl FnOnce(&Mongo, &mut Config),
+) -> (Mongo, tempfile::TempDir, Server) {
     let mongo = Mongo::start_test_server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = mongo.config("orders", "orders:{fullDocument.store}");
@@ -426,8 +432,16 @@ async fn history_lost_setup(policy: OnHistoryLost) -> (Mongo, tempfile::TempDir,
     // While tidings is down the change falls off the oplog.
     mongo.insert("orders", doc! {"_id": 2, "store": "n1"}).await;
     mongo.truncate_and_settle();
-    let server = serve(dir.path(), "shop", config).await;
+    let server = serve_with(dir.path(), "shop", config, |c| adjust(&mongo, c)).await;
     (mongo, dir, server)
+}
+
+/// `/readyz`: its status and body.
+async fn readyz(server: &Server) -> (u16, String) {
+    let r = reqwest::get(format!("{}/readyz", base(server)))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 impl Mongo {
@@ -438,7 +452,14 @@ impl Mongo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_lost_fails_naming_the_position_and_the_cure() {
-    let (_mongo, dir, server) = history_lost_setup(OnHistoryLost::Fail).await;
+    // A second connector on another collection, healthy.
+    let (mongo, dir, server) = history_lost_setup(OnHistoryLost::Fail, |mongo, c| {
+        c.connectors.insert(
+            "stock".into(),
+            ConnectorConfig::Mongodb(mongo.config("stock", "stock:{fullDocument.store}")),
+        );
+    })
+    .await;
     let failure = wait_failure(&server).await;
     assert!(
         failure.contains("no longer has the change stream position"),
@@ -450,10 +471,90 @@ async fn history_lost_fails_naming_the_position_and_the_cure() {
         "{failure}"
     );
     assert!(failure.contains("286"), "{failure}");
+    // The connector stopped alone, saying why and what to do, where the operator looks.
+    let shop = connector_status(&base(&server), "shop").await;
+    assert_eq!(shop["state"], "stopped", "{shop}");
+    let reason = shop["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no longer has the change stream position") && reason.contains("_data"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("to fix: ") && reason.contains("on_history_lost = \"resnapshot\""),
+        "{reason}"
+    );
+    let (code, body) = readyz(&server).await;
+    assert_eq!(
+        code, 200,
+        "by default a stopped connector leaves the node ready: {body}"
+    );
+    assert!(
+        body.contains("stopped: shop;"),
+        "names the stopped connector: {body}"
+    );
+    assert!(!body.contains("stock"), "{body}");
+    assert!(
+        !body.contains("_data"),
+        "the reason stays behind the API key: {body}"
+    );
+    let http = reqwest::Client::new();
+    assert_eq!(
+        tidings_testkit::rest::metric(
+            &http,
+            &base(&server),
+            "tidings_connectors_stopped_total{connector=\"shop\"}"
+        )
+        .await,
+        1.0
+    );
+    // The rest keeps serving: the other connector streams, REST publishes reach subscribers.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.log().checkpoint("stock").await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "stock starts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mongo.insert("stock", doc! {"_id": 7, "store": "n1"}).await;
+    wait_for(&base(&server), "stock:n1", |m| m.len() == 1).await;
+    assert_eq!(
+        connector_status(&base(&server), "stock").await["state"],
+        "running"
+    );
+    let mut ws = Client::connect(&format!("ws://{}/v1/connect", server.addr()), Some(KEY)).await;
+    ws.attach("news:1", json!({})).await;
+    tidings_testkit::rest::publish_data(&http, &base(&server), "news:1", &[json!("still up")])
+        .await;
+    assert_eq!(ws.messages(1).await[0]["data"], "still up");
+    assert_eq!(
+        server.source_failures().lock().len(),
+        1,
+        "only shop stopped"
+    );
     // Nothing was skipped silently: insert 2 is not in the log, and no new checkpoint either.
     let server = reopen(server, dir.path()).await;
-    let http = reqwest::Client::new();
     assert_eq!(history(&http, &base(&server), "orders:n1").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_connector_makes_the_node_unready_when_configured() {
+    let (_mongo, _dir, server) = history_lost_setup(OnHistoryLost::Fail, |_, c| {
+        c.health.unready_on_stopped_connector = true;
+    })
+    .await;
+    wait_failure(&server).await;
+    let (code, body) = readyz(&server).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("stopped: shop;"), "{body}");
+    assert!(
+        body.contains("GET /v1/connectors"),
+        "says where the reason is: {body}"
+    );
+    // Unready, not down: it still answers.
+    let r = reqwest::get(format!("{}/healthz", base(&server)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown();
+    server.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,12 +165,27 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: ready for traffic (not shutting down).
+/// `GET /readyz`: ready for traffic (not shutting down). Names the connectors stopped by an
+/// error (their reasons are behind `GET /v1/connectors`, which needs an API key); they make the
+/// node unready only with `health.unready_on_stopped_connector`.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let stopped = state.connectors.stopped();
+    if stopped.is_empty() {
+        return "ready\n".into_response();
+    }
+    let names = stopped.join(", ");
+    let see = "see GET /v1/connectors for the reason and the fix";
+    if state.config.health.unready_on_stopped_connector {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: connector stopped: {names}; {see}\n"),
+        )
+            .into_response()
     } else {
-        "ready\n".into_response()
+        format!("ready; connector stopped: {names}; {see}\n").into_response()
     }
 }
 

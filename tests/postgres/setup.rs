@@ -1,25 +1,25 @@
 //! Setting up: the migrate command, and a database that is not ready refused with the fix.
 
-use std::time::Duration;
-
 use tidings_testkit::postgres::Cluster;
 use tidings_testkit::process::Process;
 use tidings_testkit::tidings_exe;
 
 use crate::outbox::Outbox;
+use crate::status::{terminate, wait_stopped};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn wrong_wal_level_and_missing_replication_role_refuse_to_start_with_the_fix() {
+async fn wrong_wal_level_and_missing_replication_role_stop_the_connector_with_the_fix() {
     let pg = Cluster::start_with("wal_level = replica");
     pg.migrate_without_slot().await;
     let data = tempfile::tempdir().unwrap();
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &pg.url()]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success());
-    let lines = tidings.log();
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &pg.url()]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("wal_level is \"replica\""), "{reason}");
+    assert!(
+        reason.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{reason}"
+    );
+    let lines = terminate(tidings).await;
     assert!(lines.contains("wal_level is \\\"replica\\\""), "{lines}");
     assert!(
         lines.contains("ALTER SYSTEM SET wal_level = logical"),
@@ -37,13 +37,14 @@ async fn wrong_wal_level_and_missing_replication_role_refuse_to_start_with_the_f
         "postgres://app:app-password@127.0.0.1:{}/postgres?sslmode=disable",
         pg.port
     );
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &url]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success());
-    let lines = tidings.log();
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &url]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("may not start replication"), "{reason}");
+    assert!(
+        reason.contains("ALTER ROLE \"app\" REPLICATION"),
+        "{reason}"
+    );
+    let lines = terminate(tidings).await;
     assert!(lines.contains("may not start replication"), "{lines}");
     assert!(
         lines.contains("ALTER ROLE \\\"app\\\" REPLICATION"),

@@ -1,5 +1,5 @@
-//! A lost replication slot: the server stops saying what was lost and the fix, or with
-//! `on_slot_lost = "recreate"` recovers and gives its channels a new epoch.
+//! A lost replication slot: the connector stops saying what was lost and the fix (the server
+//! goes on), or with `on_slot_lost = "recreate"` recovers and gives its channels a new epoch.
 
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,11 @@ use tidings_testkit::{tidings_exe, KEY};
 
 use crate::in_process::InProcess;
 use crate::outbox::{expect_messages, write_txns, Outbox};
+use crate::status::{terminate, wait_stopped};
 use crate::CATCH_UP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
+async fn a_dropped_slot_stops_the_connector_with_what_was_lost_and_the_fix() {
     let pg = Cluster::start();
     pg.migrate().await;
     let data = tempfile::tempdir().unwrap();
@@ -39,16 +40,16 @@ async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
         .unwrap();
     write_txns(&url, "slot:1", 3, 2, 1).await;
 
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &url]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success(), "a lost slot is a failure");
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &url]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("does not exist"), "{reason}");
+    assert!(reason.contains("can no longer be streamed"), "{reason}");
+    assert!(reason.contains("on_slot_lost"), "{reason}");
     let lines = tidings.log();
     assert!(lines.contains("does not exist"), "{lines}");
     assert!(lines.contains("can no longer be streamed"), "{lines}");
     assert!(lines.contains("on_slot_lost"), "{lines}");
+    terminate(tidings).await;
     // It did not quietly create a new slot and carry on.
     let slots: i64 = admin
         .query_one("SELECT count(*) FROM pg_replication_slots", &[])
@@ -67,18 +68,24 @@ async fn a_dropped_slot_stops_the_server_with_what_was_lost_and_the_fix() {
         .await
         .unwrap();
     write_txns(&url, "slot:1", 5, 1, 1).await;
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &url]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success(), "a slot past the checkpoint is a failure");
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &url]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(
+        reason.contains("but this connector's checkpoint is at LSN"),
+        "{reason}"
+    );
+    assert!(reason.contains("on_slot_lost"), "{reason}");
     let lines = tidings.log();
     assert!(
         lines.contains("but this connector's checkpoint is at LSN"),
         "{lines}"
     );
     assert!(lines.contains("on_slot_lost"), "{lines}");
+    // Still nothing streamed across the hole.
+    let http = reqwest::Client::new();
+    let items = tidings_testkit::rest::history(&http, &tidings.http(), "slot:1").await;
+    assert_eq!(items.len(), 3, "{items:?}");
+    terminate(tidings).await;
 }
 
 /// The recovery the error points to: `on_slot_lost = "recreate"`, and clients holding the old

@@ -1,11 +1,12 @@
-//! What the connector tells an operator: slot lag as a metric, and its status through
-//! running, retrying and running again.
+//! What the connector tells an operator: slot lag as a metric, its status through running,
+//! retrying and running again, and a connector stopped by an error while the server goes on.
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tidings_testkit::postgres::Cluster;
-use tidings_testkit::rest::connector_status;
+use tidings_testkit::process::Process;
+use tidings_testkit::rest::{connector_status, metric, publish_data};
 use tidings_testkit::KEY;
 
 use crate::in_process::InProcess;
@@ -24,6 +25,50 @@ async fn slot_lag(base: &str, connector: &str) -> Option<i64> {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .map(|v| v.trim().parse().unwrap())
+}
+
+/// Wait until connector `name` of the server at `base` is `stopped` by an error only the
+/// operator can fix, while the server goes on: `/readyz` names it (and stays ready, the
+/// default), the metric counts it, a REST publish is still acknowledged. Returns the reason.
+pub async fn wait_stopped(base: &str, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = connector_status(base, name).await;
+        if status["state"] == "stopped" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{name} did not stop: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = status["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("; to fix: "),
+        "the reason says the fix: {reason}"
+    );
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains(&format!("stopped: {name};")), "{body}");
+    let http = reqwest::Client::new();
+    let series = format!("tidings_connectors_stopped_total{{connector=\"{name}\"}}");
+    assert_eq!(metric(&http, base, &series).await, 1.0, "{series}");
+    publish_data(&http, base, "alive:1", &[json!("still serving")]).await;
+    reason
+}
+
+/// SIGTERM, and expect a clean exit within the drain time. Returns everything it logged.
+pub async fn terminate(mut tidings: Process) -> String {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &tidings.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), tidings.child.wait())
+        .await
+        .expect("tidings stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "a clean shutdown: {status:?}");
+    tidings.log()
 }
 
 /// Slot lag is reported, grows while the connector cannot confirm, and falls once it can.

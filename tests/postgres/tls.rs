@@ -9,6 +9,7 @@ use tidings_testkit::tidings_exe;
 
 use crate::in_process::InProcess;
 use crate::outbox::{expect_messages, write_txns, Outbox};
+use crate::status::{terminate, wait_stopped};
 use crate::CATCH_UP;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,13 +59,10 @@ async fn tls_verify_full_streams_and_a_wrong_ca_is_refused() {
         ca.display()
     );
     let data = tempfile::tempdir().unwrap();
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &bad]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success());
-    let lines = tidings.log();
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &bad]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("sslrootcert"), "{reason}");
+    let lines = terminate(tidings).await;
     assert!(lines.contains("sslrootcert"), "{lines}");
 }
 
@@ -124,17 +122,15 @@ async fn sslmodes_prefer_require_and_verify_ca_behave_as_libpq() {
     }
     // verify-full checks the host name: 127.0.0.1 is not in the certificate.
     let data = tempfile::tempdir().unwrap();
-    let mut tidings = Process::spawn(
+    let tidings = Process::serve(
         tidings_exe!(),
         data.path(),
         &["--postgres", &by_ip("verify-full")],
-    );
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success());
-    let lines = tidings.log();
+    )
+    .await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("sslrootcert"), "{reason}");
+    let lines = terminate(tidings).await;
     assert!(lines.contains("sslrootcert"), "{lines}");
 
     // A server without TLS.
@@ -151,13 +147,11 @@ async fn sslmodes_prefer_require_and_verify_ca_behave_as_libpq() {
     t.server.wait().await;
     let require = plain.url().replace("sslmode=disable", "sslmode=require");
     let data = tempfile::tempdir().unwrap();
-    let mut tidings = Process::spawn(tidings_exe!(), data.path(), &["--postgres", &require]);
-    let status = tokio::time::timeout(Duration::from_secs(30), tidings.child.wait())
-        .await
-        .expect("tidings stops by itself")
-        .unwrap();
-    assert!(!status.success());
-    let lines = tidings.log();
+    let tidings = Process::serve(tidings_exe!(), data.path(), &["--postgres", &require]).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("server does not support TLS"), "{reason}");
+    assert!(reason.contains("ssl = on"), "{reason}");
+    let lines = terminate(tidings).await;
     assert!(lines.contains("server does not support TLS"), "{lines}");
     assert!(lines.contains("ssl = on"), "{lines}");
 }
