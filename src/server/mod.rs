@@ -17,6 +17,10 @@ use axum::Router;
 use crate::config::Config;
 
 pub use state::{AppState, Shared};
+/// The SSE and long-poll position parser (`from`, `Last-Event-ID`) and its writer, public only so
+/// the fuzz targets in `fuzz/` can reach them.
+#[doc(hidden)]
+pub use subscription::{format_positions, parse_positions};
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {

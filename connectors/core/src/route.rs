@@ -41,6 +41,12 @@ pub enum RouteError {
     BadValue { field: String, value: String },
 }
 
+fn empty_segment() -> String {
+    "it has an empty segment (a `:` at the start or the end, or `::`), so no channel name it \
+     renders would be valid"
+        .into()
+}
+
 fn literal_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | '=' | '+' | ':')
 }
@@ -86,6 +92,28 @@ impl ChannelTemplate {
         }
         if parts.is_empty() {
             return Err(err("it is empty".into()));
+        }
+        // A field renders as a non-empty value without `:`, so the literals alone decide where
+        // the segments are: a template with an empty one could never render a channel name.
+        let mut segment_empty = true;
+        for part in &parts {
+            match part {
+                Part::Field(_) => segment_empty = false,
+                Part::Literal(l) => {
+                    for c in l.chars() {
+                        if c != ':' {
+                            segment_empty = false;
+                        } else if segment_empty {
+                            return Err(err(empty_segment()));
+                        } else {
+                            segment_empty = true;
+                        }
+                    }
+                }
+            }
+        }
+        if segment_empty {
+            return Err(err(empty_segment()));
         }
         Ok(ChannelTemplate {
             text: text.to_owned(),
@@ -220,6 +248,19 @@ mod tests {
                 ChannelTemplate::parse(bad).is_err(),
                 "{bad:?} should be refused"
             );
+        }
+    }
+
+    /// Found by the `channel_template` fuzz target: `s:` parsed, and rendered `s:`, which is no
+    /// channel name, for every change.
+    #[test]
+    fn templates_with_an_empty_segment_are_refused_at_load() {
+        for bad in ["s:", ":", ":{a}", "{a}:", "s::{a}", "{a}::{b}", "{a}:{b}:"] {
+            let e = ChannelTemplate::parse(bad).unwrap_err();
+            assert!(e.problem.contains("empty segment"), "{bad:?}: {e}");
+        }
+        for ok in ["s:{a}", "{a}:{b}", "{a}{b}", "a:b:{c}:d", "{a}.x:y"] {
+            ChannelTemplate::parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
     }
 }

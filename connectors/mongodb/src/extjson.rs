@@ -133,13 +133,17 @@ impl Serialize for Doc<'_> {
             }
             if let Some((fields, index)) = &mut large {
                 match index.entry(key) {
-                    Entry::Occupied(at) => fields[*at.get()].1 = value,
+                    Entry::Occupied(at) => {
+                        shadowed(fields[*at.get()].1).map_err(S::Error::custom)?;
+                        fields[*at.get()].1 = value;
+                    }
                     Entry::Vacant(at) => {
                         at.insert(fields.len());
                         fields.push((key, value));
                     }
                 }
             } else if let Some(field) = small[..n].iter_mut().find(|(k, _)| *k == key) {
+                shadowed(field.1).map_err(S::Error::custom)?;
                 field.1 = value;
             } else if n < SMALL {
                 small[n] = (key, value);
@@ -167,6 +171,13 @@ impl Serialize for Doc<'_> {
         }
         map.end()
     }
+}
+
+/// Check a value that a later one of the same name replaces, and that is so never written: the
+/// document is still refused when it is not BSON, as `bson` refuses it. Rare (MongoDB does not
+/// store a name twice), so converting it whole costs nothing that matters.
+fn shadowed(value: RawBsonRef<'_>) -> Result<(), bson::raw::Error> {
+    Bson::try_from(value).map(drop)
 }
 
 /// A document's field: its name and value.
@@ -499,6 +510,38 @@ mod tests {
             skip: &[],
         };
         assert_eq!(text(&doc).unwrap().get(), r#"{"a":1,"b":{"a":1}}"#);
+    }
+
+    /// Found by the `extjson` fuzz target: a malformed value given again under the same name
+    /// was never read, so the document was written although it is not BSON.
+    #[test]
+    fn a_malformed_value_shadowed_by_a_later_one_still_fails() {
+        let inner = bson::to_vec(&doc! {"b": "text"}).unwrap();
+        let mut bad = inner.clone();
+        // The string's length, made too long.
+        let at = bad.windows(4).position(|w| w == [5, 0, 0, 0]).unwrap();
+        bad[at] = 50;
+        let mut body = Vec::new();
+        for (name, value) in [(&b"a"[..], &bad), (&b"a"[..], &inner)] {
+            body.push(0x03);
+            body.extend(name);
+            body.push(0);
+            body.extend(value.iter());
+        }
+        body.push(0);
+        let mut bytes = ((body.len() + 4) as i32).to_le_bytes().to_vec();
+        bytes.extend(body);
+        let doc = RawDocument::from_bytes(&bytes).unwrap();
+        assert!(Document::try_from(doc).is_err());
+        for canonical in [false, true] {
+            let e = text(&Doc {
+                doc,
+                canonical,
+                skip: &[],
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("malformed"), "{e}");
+        }
     }
 
     #[test]
