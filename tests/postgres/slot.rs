@@ -213,6 +213,121 @@ async fn a_slot_dropped_while_streaming_is_recreated_and_its_channels_reset() {
     t.server.wait().await;
 }
 
+/// Postgres invalidates a stopped connector's slot for `max_slot_wal_keep_size`
+/// (`wal_status = lost`): by default the connector stops saying so and the fix, and leaves the
+/// slot alone; with `on_slot_lost = "recreate"` it drops the slot, creates it again, and gives its
+/// channels a new epoch, as for a dropped slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_invalidated_for_max_slot_wal_keep_size_follows_on_slot_lost() {
+    let pg = Cluster::start_with(KEEP_LITTLE_WAL);
+    pg.migrate().await;
+    let data = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let config = data.path().join("tidings.toml");
+    let write_config = |policy: &str| {
+        std::fs::write(
+            &config,
+            format!("[connectors.postgres]\ntype = \"postgres\"\nurl = \"{url}\"\non_slot_lost = \"{policy}\"\nstatus_interval = \"500ms\"\n"),
+        )
+        .unwrap();
+    };
+    write_config("fail");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let args = ["--config", config_arg.as_str()];
+    let tidings = Process::serve(tidings_exe!(), data.path(), &args).await;
+    write_txns(&url, "lost:1", 0, 3, 1).await;
+    write_txns(&url, "quiet:1", 0, 1, 1).await;
+    expect_messages(&tidings.http(), "lost:1", 3).await;
+    expect_messages(&tidings.http(), "quiet:1", 1).await;
+    let before = channel_epoch(&tidings.http(), "lost:1").await;
+    terminate(tidings).await;
+
+    let admin = pg.sql().await;
+    // Committed while the connector is down: its WAL is removed with the slot's reservation.
+    write_txns(&url, "lost:1", 3, 2, 1).await;
+    invalidate_slot(&admin, "tidings").await;
+
+    let tidings = Process::serve(tidings_exe!(), data.path(), &args).await;
+    let reason = wait_stopped(&tidings.http(), "postgres").await;
+    assert!(reason.contains("was invalidated by Postgres"), "{reason}");
+    assert!(reason.contains("max_slot_wal_keep_size"), "{reason}");
+    assert!(reason.contains("on_slot_lost"), "{reason}");
+    let lines = tidings.log();
+    assert!(lines.contains("was invalidated by Postgres"), "{lines}");
+    terminate(tidings).await;
+    // It did not drop the slot and carry on.
+    assert_eq!(wal_status(&admin, "tidings").await.as_deref(), Some("lost"));
+
+    write_config("recreate");
+    let tidings = Process::serve(tidings_exe!(), data.path(), &args).await;
+    let deadline = Instant::now() + CATCH_UP;
+    while wal_status(&admin, "tidings").await.as_deref() != Some("reserved") {
+        assert!(Instant::now() < deadline, "the slot was not created again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_txns(&url, "lost:1", 5, 2, 1).await;
+    let items = expect_messages(&tidings.http(), "lost:1", 2).await;
+    let txns: Vec<u64> = items
+        .iter()
+        .map(|m| m["data"]["txn"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        txns,
+        [5, 6],
+        "the new history holds what came after recovery"
+    );
+    let after = channel_epoch(&tidings.http(), "lost:1").await;
+    assert_ne!(before, after, "lost:1 has a new epoch");
+    assert_ne!(
+        channel_epoch(&tidings.http(), "quiet:1").await,
+        before,
+        "quiet:1 has a new epoch"
+    );
+    assert!(tidings
+        .logged("replication slot lost changes; its channels get a new epoch and clients resync")
+        .iter()
+        .any(|l| l["loss"] == "invalidated"));
+    terminate(tidings).await;
+}
+
+/// A cluster that lets a slot hold back almost no WAL beyond what checkpoints keep anyway.
+const KEEP_LITTLE_WAL: &str =
+    "max_slot_wal_keep_size = 1MB\nmax_wal_size = 32MB\nmin_wal_size = 32MB";
+
+/// Write and switch WAL segments, and checkpoint, until Postgres invalidates `slot`.
+async fn invalidate_slot(admin: &tokio_postgres::Client, slot: &str) {
+    admin
+        .execute("CREATE TABLE IF NOT EXISTS wal_filler (x int)", &[])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + CATCH_UP * 4;
+    while wal_status(admin, slot).await.as_deref() != Some("lost") {
+        assert!(
+            Instant::now() < deadline,
+            "Postgres did not invalidate the slot (wal_status {:?})",
+            wal_status(admin, slot).await
+        );
+        admin
+            .batch_execute(
+                "INSERT INTO wal_filler SELECT generate_series(1, 1000); SELECT pg_switch_wal(); CHECKPOINT;",
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The slot's `wal_status`, or `None` when there is no such slot.
+async fn wal_status(admin: &tokio_postgres::Client, slot: &str) -> Option<String> {
+    admin
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
 /// Wait until `slot` exists.
 async fn wait_for_slot(admin: &tokio_postgres::Client, slot: &str) -> bool {
     let deadline = Instant::now() + CATCH_UP;

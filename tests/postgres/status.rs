@@ -117,6 +117,48 @@ async fn slot_lag_is_a_metric_that_grows_while_behind_and_falls_after() {
     t.server.wait().await;
 }
 
+/// A slot held back past `retained_wal_warning` says so in the status, and stops saying so once
+/// the connector catches up and the slot lets the WAL go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retained_wal_above_the_warning_threshold_shows_in_the_status() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let t = InProcess::start_named("walwarn", &pg, |c| {
+        c.retained_wal_warning = tidings_connector_postgres::ByteSize::Text("4MiB".into());
+        c.status_interval = Duration::from_millis(200);
+    })
+    .await;
+    write_txns(&pg.url(), "warn:1", 0, 1, 1).await;
+    expect_messages(&t.http(), "warn:1", 1).await;
+    let calm = wait_for_status(&t.http(), "walwarn", |s| s["retained_wal_bytes"].is_i64()).await;
+    assert_eq!(calm["retained_wal_warning"], false, "{calm}");
+
+    let mut blocker = pg.sql().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE tidings.connector_channels IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    write_txns(&pg.url(), "warn:2", 0, 1, 1).await;
+    let c = pg.sql().await;
+    c.batch_execute(
+        "CREATE TABLE filler (x text); INSERT INTO filler SELECT repeat('f', 1000) FROM generate_series(1, 8000)",
+    )
+    .await
+    .unwrap();
+    let warned = wait_for_status(&t.http(), "walwarn", |s| s["retained_wal_warning"] == true).await;
+    assert!(
+        warned["retained_wal_bytes"]
+            .as_i64()
+            .is_some_and(|b| b > 4 << 20),
+        "{warned}"
+    );
+    lock.rollback().await.unwrap();
+    expect_messages(&t.http(), "warn:2", 1).await;
+    wait_for_status(&t.http(), "walwarn", |s| s["retained_wal_warning"] == false).await;
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
 /// Poll the `lagged` connector's lag until `ok` holds; returns that reading.
 async fn wait_for_lag(base: &str, ok: impl Fn(i64) -> bool) -> i64 {
     let deadline = Instant::now() + CATCH_UP;

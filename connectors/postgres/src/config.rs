@@ -25,6 +25,55 @@ pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 10_000;
 pub const DEFAULT_CLEANUP_BATCH: usize = 1_000;
 /// Default pause between clean-up statements when rows are waiting.
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_millis(200);
+/// Default `retained_wal_warning`: a slot holding back more WAL than this is worth a look
+/// long before most disks fill.
+pub const DEFAULT_RETAINED_WAL_WARNING: u64 = 4 << 30;
+
+/// A size in bytes as configured: an integer of bytes, or a string such as `"512MiB"` or
+/// `"4 GB"` (units B, kB, MB, GB, TB and KiB, MiB, GiB, TiB), read by [`ByteSize::bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A number with a unit.
+    Text(String),
+}
+
+impl ByteSize {
+    /// The size in bytes, or what is wrong with the text.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            ByteSize::Bytes(n) => return Ok(*n),
+            ByteSize::Text(t) => t.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit_bytes: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "{text:?} has an unknown unit: use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                ))
+            }
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_bytes))
+            .ok_or_else(|| format!("{text:?} is not a size such as \"4GiB\" or a number of bytes"))
+    }
+}
 
 /// What to do when the replication slot no longer has the changes after the checkpoint
 /// (dropped, invalidated by Postgres, recreated, or advanced by someone else).
@@ -123,6 +172,11 @@ pub struct PostgresConfig {
     /// transaction is appended in parts; see docs/postgres.md).
     #[serde(default = "default_max_batch_messages")]
     pub max_batch_messages: usize,
+    /// Retained WAL (`pg_current_wal_lsn() - restart_lsn`) above which the lag reader warns
+    /// and the status says `retained_wal_warning: true`: a slot whose reader stopped keeps WAL
+    /// until the database's disk is full.
+    #[serde(default = "default_retained_wal_warning")]
+    pub retained_wal_warning: ByteSize,
 }
 
 fn default_slot() -> String {
@@ -154,6 +208,9 @@ fn default_network_timeout() -> Duration {
 }
 fn default_max_batch_messages() -> usize {
     DEFAULT_MAX_BATCH_MESSAGES
+}
+fn default_retained_wal_warning() -> ByteSize {
+    ByteSize::Bytes(DEFAULT_RETAINED_WAL_WARNING)
 }
 
 /// A Postgres identifier we accept for slots and publications: lowercase letters, digits and
@@ -188,6 +245,7 @@ impl PostgresConfig {
             status_interval: DEFAULT_STATUS_INTERVAL,
             network_timeout: DEFAULT_NETWORK_TIMEOUT,
             max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
+            retained_wal_warning: default_retained_wal_warning(),
         }
     }
 
@@ -267,7 +325,19 @@ impl PostgresConfig {
                 ),
             );
         }
+        match self.retained_wal_warning.bytes() {
+            Err(problem) => return bad("retained_wal_warning", problem),
+            Ok(0) => return bad("retained_wal_warning", "must be more than 0 bytes".into()),
+            Ok(_) => {}
+        }
         Ok(())
+    }
+
+    /// `retained_wal_warning` in bytes. Call after [`PostgresConfig::validate`].
+    pub fn retained_wal_warning_bytes(&self) -> u64 {
+        self.retained_wal_warning
+            .bytes()
+            .unwrap_or(DEFAULT_RETAINED_WAL_WARNING)
     }
 
     /// The channel of table-level events of connector `name`: as configured, or
@@ -363,6 +433,27 @@ mod tests {
         }));
         let e = bad.unwrap_err().to_string();
         assert!(e.contains("fail") && e.contains("recreate"), "{e}");
+    }
+
+    #[test]
+    fn retained_wal_warning_takes_bytes_or_a_size_with_a_unit() {
+        let c = parse("url = \"postgres://u@h/db\"");
+        assert_eq!(c.retained_wal_warning_bytes(), 4 << 30);
+        let c = parse("url = \"postgres://u@h/db\"\nretained_wal_warning = \"512MiB\"");
+        assert_eq!(c.retained_wal_warning_bytes(), 512 << 20);
+        let c = parse("url = \"postgres://u@h/db\"\nretained_wal_warning = \"2 GB\"");
+        assert_eq!(c.retained_wal_warning_bytes(), 2_000_000_000);
+        let c: PostgresConfig = serde_json::from_value(serde_json::json!({
+            "url": "postgres://h/db", "retained_wal_warning": 12345
+        }))
+        .unwrap();
+        assert_eq!(c.retained_wal_warning_bytes(), 12345);
+        for bad in ["4 gigs", "GiB", "0", "99999999999TiB"] {
+            let mut c = PostgresConfig::with_defaults(ConnectionUrl::new("postgres://u@h/db"));
+            c.retained_wal_warning = ByteSize::Text(bad.into());
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.field, "retained_wal_warning", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -22,17 +22,20 @@ pub struct SlotLag {
 /// Where the readings go: the connector's status fields (`slot_lag_bytes`,
 /// `retained_wal_bytes`; `null` until the first reading and while the slot cannot be read) and
 /// its two gauges, `tidings_postgres_slot_lag_bytes` and `tidings_postgres_slot_retained_wal_bytes`
-/// (a series appears at the first reading), all from the runtime's [`Context`].
+/// (a series appears at the first reading), all from the runtime's [`Context`]; and
+/// `retained_wal_warning`, whether the retained WAL is above the configured threshold.
 #[derive(Debug, Clone)]
 pub struct LagReport {
     status: StatusFields,
     lag: ConnectorGauge,
     retained: ConnectorGauge,
+    warning_bytes: i64,
 }
 
 impl LagReport {
-    /// Register the gauges with `ctx`'s metrics and show both status fields as unknown.
-    pub fn new(ctx: &Context) -> Self {
+    /// Register the gauges with `ctx`'s metrics and show the status fields as unknown; a
+    /// slot retaining more than `warning_bytes` of WAL is warned about.
+    pub fn new(ctx: &Context, warning_bytes: u64) -> Self {
         let report = LagReport {
             status: ctx.status.clone(),
             lag: ctx.metrics.gauge(
@@ -45,9 +48,15 @@ impl LagReport {
                 "WAL Postgres keeps for a connector's replication slot (pg_current_wal_lsn() - restart_lsn)",
                 Some(Unit::Bytes),
             ),
+            warning_bytes: i64::try_from(warning_bytes).unwrap_or(i64::MAX),
         };
         report.set(None);
         report
+    }
+
+    /// Whether `retained_bytes` is above the warning threshold.
+    fn above(&self, retained_bytes: i64) -> bool {
+        retained_bytes > self.warning_bytes
     }
 
     /// Report a reading, or that there is none now; the gauges keep their last value then.
@@ -55,6 +64,10 @@ impl LagReport {
         self.status.set("slot_lag_bytes", lag.map(|l| l.lag_bytes));
         self.status
             .set("retained_wal_bytes", lag.map(|l| l.retained_bytes));
+        self.status.set(
+            "retained_wal_warning",
+            lag.map(|l| self.above(l.retained_bytes)),
+        );
         if let Some(lag) = lag {
             self.lag.set(lag.lag_bytes);
             self.retained.set(lag.retained_bytes);
@@ -85,6 +98,8 @@ impl LagReader {
     ) -> Self {
         let task = tokio::spawn(async move {
             let mut client = None;
+            // Warn once per crossing of the threshold, not at every reading above it.
+            let mut warned = false;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -121,6 +136,15 @@ impl LagReader {
                         None
                     }
                 };
+                if let Some(l) = lag {
+                    let above = report.above(l.retained_bytes);
+                    if above && !warned {
+                        tracing::warn!(%slot, retained_wal_bytes = l.retained_bytes, threshold = report.warning_bytes, "the replication slot retains more WAL than retained_wal_warning: Postgres keeps it on disk until Tidings confirms it (see max_slot_wal_keep_size in docs/postgres.md)");
+                    } else if !above && warned {
+                        tracing::info!(%slot, retained_wal_bytes = l.retained_bytes, "the replication slot's retained WAL is back below retained_wal_warning");
+                    }
+                    warned = above;
+                }
                 report.set(lag);
             }
         });

@@ -24,6 +24,6 @@ pub mod source;
 pub mod tls;
 pub mod tracking;
 
-pub use config::{ConnectionUrl, OnPoison, OnSlotLost, PostgresConfig};
+pub use config::{ByteSize, ConnectionUrl, OnPoison, OnSlotLost, PostgresConfig};
 pub use migrate::{migrate, MigrateError, Report as MigrateReport, SlotOutcome};
 pub use source::{BuildError, PostgresSource};

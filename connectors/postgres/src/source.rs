@@ -169,7 +169,7 @@ impl PostgresSource {
             .map(ChannelTemplate::parse)
             .transpose()
             .map_err(|e| ConfigProblem::new("channel", e.problem))?;
-        let lag_report = LagReport::new(&ctx);
+        let lag_report = LagReport::new(&ctx, config.retained_wal_warning_bytes());
         let Context {
             name, dead_letter, ..
         } = ctx;
