@@ -856,6 +856,47 @@ mod tests {
     }
 
     #[test]
+    fn revocation_settings_parse_and_name_a_bad_value() {
+        let c = Config::from_toml("[auth]\nmax_token_lifetime = \"7d\"\nmax_revocations = 5\n")
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.auth.max_token_lifetime,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(c.auth.max_revocations, 5);
+        let d = Config::default().auth;
+        assert_eq!(
+            (d.max_token_lifetime, d.max_revocations),
+            (DEFAULT_MAX_TOKEN_LIFETIME, DEFAULT_MAX_REVOCATIONS)
+        );
+        for (toml, field, says) in [
+            (
+                "max_token_lifetime = \"1h\"",
+                "auth.max_token_lifetime",
+                "at least 1day",
+            ),
+            (
+                "max_token_lifetime = \"400d\"",
+                "auth.max_token_lifetime",
+                "366 days",
+            ),
+            (
+                "max_revocations = 0",
+                "auth.max_revocations",
+                "between 1 and",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("[auth]\n{toml}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains(says), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn http_connection_limits_parse_and_name_a_bad_value() {
         let c = Config::from_toml(
             "[limits]\nrequest_head_timeout = \"2s\"\nhttp_idle_timeout = \"5s\"\nmax_pending_connections = 50\n",

@@ -365,12 +365,6 @@ impl Revocations {
             .map_err(RevokeError::Store)?;
         *self.set.write() = next;
         self.changed.send_modify(|n| *n += 1);
-        tracing::info!(
-            target = %revocation.target.describe(),
-            revoked_at = revocation.revoked_at,
-            expires_at = revocation.expires_at,
-            "token revocation in force"
-        );
         Ok(revocation)
     }
 
@@ -383,14 +377,13 @@ impl Revocations {
     }
 
     /// Told after every new revocation: open connections re-check their principal with
-    /// [`Revocations::check`] when it changes.
+    /// [`Revocations::check`] when it changes. The first `changed()` resolves at once, so a
+    /// connection checks once after subscribing too: a revocation made between its
+    /// authentication and this call is not missed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    /// The kind of a target as a metric label.
-    pub fn kind(target: &Target) -> &'static str {
-        target.kind()
+        let mut rx = self.changed.subscribe();
+        rx.mark_changed();
+        rx
     }
 }
 
@@ -422,7 +415,12 @@ mod tests {
         let r = open(dir.path());
         let before = now_ms();
         assert!(r.check(&token("d", Some("j1"), Some(before))).is_ok());
+        // A new follower checks once at once, then after each revocation.
+        let mut follower = r.subscribe();
+        assert!(follower.has_changed().unwrap());
+        follower.mark_unchanged();
         let s = r.revoke(Target::Subject("d".into())).await.unwrap();
+        assert!(follower.has_changed().unwrap());
         assert!(r.check(&token("d", None, Some(s.revoked_at))).is_err());
         assert!(r.check(&token("d", None, None)).is_err(), "no iat: before");
         assert!(r.check(&token("d", None, Some(s.revoked_at + 1))).is_ok());

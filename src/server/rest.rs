@@ -323,7 +323,13 @@ pub(super) async fn revoke_tokens(
         ApiError::new(code, e.to_string())
     })?;
     state.metrics.revoked(kind);
-    tracing::info!(key = %key.id, target = %revocation.target.describe(), "tokens revoked");
+    tracing::info!(
+        key = %key.id,
+        target = %revocation.target.describe(),
+        revoked_at = revocation.revoked_at,
+        expires_at = revocation.expires_at,
+        "tokens revoked"
+    );
     Ok(Json(serde_json::json!({ "revocation": revocation })).into_response())
 }
 
