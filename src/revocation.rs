@@ -184,8 +184,8 @@ impl RevocationStore for FileStore {
 pub enum RevokeError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{max} revocations are in force (auth.max_revocations); the oldest lapses at {next_lapse_ms} ms since the Unix epoch: raise the limit, or rotate the signing key instead of revoking token by token")]
-    Full { max: usize, next_lapse_ms: u64 },
+    #[error("{max} revocations are in force (auth.max_revocations) and the next lapses in {}: raise the limit, or rotate the signing key instead of revoking token by token", humantime::format_duration(*next_lapse_in))]
+    Full { max: usize, next_lapse_in: Duration },
     #[error("the revocation could not be stored, so it is not in force: {0}; retry once the data directory is writable")]
     Store(#[source] StoreError),
 }
@@ -340,10 +340,11 @@ impl Revocations {
             return Ok(r.clone());
         }
         if next.get(&target).is_none() && next.len() >= self.max {
-            let next_lapse_ms = next.all().iter().map(|r| r.expires_at).min().unwrap_or(now);
+            let next_lapse = next.all().iter().map(|r| r.expires_at).min().unwrap_or(now);
             return Err(RevokeError::Full {
                 max: self.max,
-                next_lapse_ms,
+                // Whole seconds: enough for an operator, and readable.
+                next_lapse_in: Duration::from_secs(next_lapse.saturating_sub(now).div_ceil(1000)),
             });
         }
         let revoked_at = match next.get(&target) {

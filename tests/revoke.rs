@@ -412,6 +412,7 @@ async fn bad_revocations_are_refused_saying_what_to_send() {
     );
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("auth.max_revocations"), "{message}");
+    assert!(message.contains("the next lapses in 1day"), "{message}");
     revoke(&base, json!({"subject": "a"})).await;
 }
 

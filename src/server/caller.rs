@@ -3,7 +3,8 @@
 //! [`Caller`] reads the credential (`Authorization: Bearer`, else the `access_token` query
 //! parameter), authenticates it, and counts a refusal in `tidings_errors_total{code}`; every
 //! route that serves channels takes it. [`AllowedOrigin`], [`Caller::admit`], [`Signer`] and
-//! [`Revoker`] are the other rules some routes add at the same edge, each counting its refusals the same way.
+//! [`Revoker`] are the other rules some routes add at the same edge, each counting its
+//! refusals the same way.
 
 use std::fmt;
 use std::net::Ipv6Addr;
