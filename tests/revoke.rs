@@ -276,6 +276,21 @@ async fn revoking_a_jti_refuses_that_token_alone() {
     assert_eq!(history_as(&base, &b).await, (200, None));
     publish(&reqwest::Client::new(), &base, "rev:1", json!({"data": 1})).await;
     assert_eq!(ws_b.messages(1).await[0]["serial"], 1);
+    // Renewing in-band with the revoked token is refused; the connection keeps its own.
+    ws_b.send(json!({"type": "auth", "token": a, "ref": "r1"}))
+        .await;
+    let refused = ws_b.recv().await;
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["code"].as_str(),
+            refused["ref"].as_str()
+        ),
+        (Some("error"), Some("token_revoked"), Some("r1")),
+        "{refused}"
+    );
+    publish(&reqwest::Client::new(), &base, "rev:1", json!({"data": 2})).await;
+    assert_eq!(ws_b.messages(1).await[0]["serial"], 2);
 
     // Tokens signed elsewhere are revoked by their own jti, and by subject whatever their
     // `iat`: one without `iat` counts as issued before the revocation.
