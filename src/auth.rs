@@ -7,8 +7,10 @@
 //! enforcement does not change when they arrive.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Operations, Principal};
+use crate::revocation::Revocations;
 use crate::token::{TokenError, TokenVerifier};
 
 /// Why credentials were refused. Deliberately vague to the caller about which part was wrong.
@@ -27,12 +29,18 @@ pub struct Authenticator {
     keys: HashMap<String, (ApiKey, Principal)>,
     anonymous: Principal,
     tokens: TokenVerifier,
+    revocations: Arc<Revocations>,
 }
 
 impl Authenticator {
-    /// Build from the configured keys, the public namespaces (subscribe + history for all) and
-    /// the token verifier.
-    pub fn new(keys: Vec<ApiKey>, public_namespaces: &[String], tokens: TokenVerifier) -> Self {
+    /// Build from the configured keys, the public namespaces (subscribe + history for all),
+    /// the token verifier and the revocations tokens are checked against.
+    pub fn new(
+        keys: Vec<ApiKey>,
+        public_namespaces: &[String],
+        tokens: TokenVerifier,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         let keys = keys
             .into_iter()
             .map(|k| {
@@ -64,6 +72,7 @@ impl Authenticator {
             keys,
             anonymous: Principal::new("anonymous", public),
             tokens,
+            revocations,
         }
     }
 
@@ -83,7 +92,11 @@ impl Authenticator {
             return Ok(self.anonymous.clone());
         };
         if !credential.contains(':') {
-            return self.tokens.verify(credential).map_err(AuthError::Token);
+            let principal = self.tokens.verify(credential)?;
+            self.revocations
+                .check(&principal)
+                .map_err(|_| TokenError::Revoked)?;
+            return Ok(principal);
         }
         let key = self.api_key(credential)?;
         Ok(self.keys[&key.id].1.clone())
@@ -133,7 +146,14 @@ mod tests {
             },
         ];
         let verifier = TokenVerifier::new(&keys, Vec::new(), None, None);
-        let auth = Authenticator::new(keys, &["news".to_string()], verifier);
+        let dir = tempfile::tempdir().unwrap();
+        let revocations = Revocations::open(
+            Arc::new(crate::revocation::FileStore::new(dir.path())),
+            std::time::Duration::from_secs(60),
+            10,
+        )
+        .unwrap();
+        let auth = Authenticator::new(keys, &["news".to_string()], verifier, Arc::new(revocations));
         let admin = auth.authenticate(Some("admin:s3cret-admin")).unwrap();
         assert!(admin.allows(Operation::Publish, "anything:1"));
         let reader = auth.authenticate(Some("reader:s3cret-reader")).unwrap();

@@ -280,9 +280,14 @@ impl Default for Config {
     }
 }
 
+/// Default longest lifetime of a token a revocation must outlast: what `POST /v1/tokens` issues.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = crate::token::MAX_TTL;
+/// Default most token revocations in force at once.
+pub const DEFAULT_MAX_REVOCATIONS: usize = 10_000;
+
 /// Token verification settings. HS256 tokens are verified with API key secrets (the token's
 /// `kid` names the key) and need nothing here.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Tokens must carry this `aud`.
@@ -293,6 +298,25 @@ pub struct AuthConfig {
     pub public_keys: Vec<PublicKeyConfig>,
     /// A JWKS document (JSON file) with more public keys; each key needs `alg`.
     pub jwks_file: Option<PathBuf>,
+    /// The longest lifetime (`exp` - `iat`) of the tokens your issuer signs: a revocation is
+    /// kept this long, then pruned. At least the 24 h `POST /v1/tokens` may issue.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
+    /// Most revocations in force at once; `POST /v1/tokens/revoke` refuses beyond.
+    pub max_revocations: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            audience: None,
+            issuer: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            max_revocations: DEFAULT_MAX_REVOCATIONS,
+        }
+    }
 }
 
 /// One public key for token verification.
@@ -553,6 +577,7 @@ impl Config {
                 l.max_pending_connections,
                 10_000_000,
             ),
+            ("auth.max_revocations", self.auth.max_revocations, 1_000_000),
         ] {
             if value == 0 || value > max {
                 return Err(invalid(
@@ -580,6 +605,22 @@ impl Config {
             return Err(invalid(
                 "limits.request_head_timeout",
                 "must not be longer than limits.http_idle_timeout, which bounds every request head too",
+            ));
+        }
+        if self.auth.max_token_lifetime < crate::token::MAX_TTL {
+            return Err(invalid(
+                "auth.max_token_lifetime",
+                format!(
+                    "is {}; it must be at least {} (the longest lifetime POST /v1/tokens issues), or a revoked token could outlive its revocation",
+                    humantime::format_duration(self.auth.max_token_lifetime),
+                    humantime::format_duration(crate::token::MAX_TTL)
+                ),
+            ));
+        }
+        if self.auth.max_token_lifetime > Duration::from_secs(366 * 24 * 3600) {
+            return Err(invalid(
+                "auth.max_token_lifetime",
+                "must be at most 366 days; sign shorter-lived tokens and renew them",
             ));
         }
         if self.session.idle_timeout <= self.session.ping_interval {
@@ -812,6 +853,47 @@ mod tests {
             !format!("{c:?}").contains("0123456789abcdef"),
             "secrets never print"
         );
+    }
+
+    #[test]
+    fn revocation_settings_parse_and_name_a_bad_value() {
+        let c = Config::from_toml("[auth]\nmax_token_lifetime = \"7d\"\nmax_revocations = 5\n")
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.auth.max_token_lifetime,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(c.auth.max_revocations, 5);
+        let d = Config::default().auth;
+        assert_eq!(
+            (d.max_token_lifetime, d.max_revocations),
+            (DEFAULT_MAX_TOKEN_LIFETIME, DEFAULT_MAX_REVOCATIONS)
+        );
+        for (toml, field, says) in [
+            (
+                "max_token_lifetime = \"1h\"",
+                "auth.max_token_lifetime",
+                "at least 1day",
+            ),
+            (
+                "max_token_lifetime = \"400d\"",
+                "auth.max_token_lifetime",
+                "366 days",
+            ),
+            (
+                "max_revocations = 0",
+                "auth.max_revocations",
+                "between 1 and",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("[auth]\n{toml}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains(says), "{toml}: {e}");
+        }
     }
 
     #[test]

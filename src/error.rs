@@ -50,11 +50,14 @@ impl ApiError {
             ErrorCode::MessageTooLarge | ErrorCode::RequestTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
-            ErrorCode::TooManyConnections | ErrorCode::TooManyChannels | ErrorCode::RateLimited => {
-                StatusCode::TOO_MANY_REQUESTS
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => {
+                StatusCode::UNAUTHORIZED
             }
+            ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::TooManyConnections
+            | ErrorCode::TooManyChannels
+            | ErrorCode::TooManyRevocations
+            | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::NotAttached => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,6 +79,14 @@ impl ApiError {
             ),
         )
         .on(channel)
+    }
+
+    /// The answer to a request or connection whose token was revoked.
+    pub fn token_revoked() -> Self {
+        ApiError::new(
+            ErrorCode::TokenRevoked,
+            "the token was revoked: fetch a new one and retry (or reconnect and resume) with it",
+        )
     }
 
     /// The answer to a log failure.

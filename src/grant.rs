@@ -192,6 +192,19 @@ pub struct Principal {
     ceiling: Option<Arc<Vec<Grant>>>,
     /// For tokens: when the token stops being valid.
     pub expires_at: Option<std::time::SystemTime>,
+    /// For tokens: the token's `jti`, by which it can be revoked alone.
+    pub jti: Option<Arc<str>>,
+    /// For tokens: the token's `iat` in milliseconds, which a subject's revocation compares.
+    pub issued_at_ms: Option<u64>,
+}
+
+/// What identifies a token beyond its subject, for revocation.
+#[derive(Debug, Clone, Default)]
+pub struct TokenId {
+    /// The `jti` claim.
+    pub jti: Option<Arc<str>>,
+    /// The `iat` claim, in milliseconds since the Unix epoch.
+    pub issued_at_ms: Option<u64>,
 }
 
 fn any_allows(grants: &[Grant], op: Operation, channel: &str) -> bool {
@@ -208,6 +221,8 @@ impl Principal {
             grants: Arc::new(grants),
             ceiling: None,
             expires_at: None,
+            jti: None,
+            issued_at_ms: None,
         }
     }
 
@@ -217,12 +232,15 @@ impl Principal {
         grants: Vec<Grant>,
         ceiling: Option<Arc<Vec<Grant>>>,
         expires_at: std::time::SystemTime,
+        id: TokenId,
     ) -> Self {
         Principal {
             subject: Arc::from(subject),
             grants: Arc::new(grants),
             ceiling,
             expires_at: Some(expires_at),
+            jti: id.jti,
+            issued_at_ms: id.issued_at_ms,
         }
     }
 

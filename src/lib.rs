@@ -18,6 +18,7 @@ pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod publish;
+pub mod revocation;
 pub mod runtime;
 pub mod server;
 pub mod source;

@@ -34,6 +34,23 @@ pub enum CloseReason {
     idle,
     /// The connection's token expired without renewal.
     token_expired,
+    /// The connection's token was revoked (`POST /v1/tokens/revoke`).
+    token_revoked,
+}
+
+/// What a token revocation names.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RevocationKind {
+    /// Every token of a subject issued until then.
+    subject,
+    /// One token, by its `jti`.
+    jti,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: RevocationKind,
 }
 
 /// Why the server closed an HTTP connection that had no request in progress.
@@ -95,6 +112,8 @@ pub struct Metrics {
     errors: Family<CodeLabel, Counter>,
     connectors_stopped: Family<ConnectorLabel, Counter>,
     http_closed: Family<HttpCloseLabel, Counter>,
+    revocations: Family<KindLabel, Counter>,
+    revoked_closed: Family<TransportLabel, Counter>,
     /// Gauges connectors set for themselves (Postgres slot lag), labelled by connector.
     connectors: Arc<ConnectorGauges>,
 }
@@ -176,6 +195,18 @@ impl Metrics {
             "HTTP connections the server closed while they had no request in progress, by reason",
             http_closed.clone(),
         );
+        let revocations = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "token_revocations",
+            "Token revocations made (POST /v1/tokens/revoke), by what they name",
+            revocations.clone(),
+        );
+        let revoked_closed = Family::<TransportLabel, Counter>::default();
+        registry.register(
+            "revoked_connections_closed",
+            "Open connections (WebSocket sessions, SSE streams, waiting long-polls) closed because their token was revoked, by transport",
+            revoked_closed.clone(),
+        );
         // Last, as the connectors' gauges always came last in the exposition.
         let connectors = Arc::new(ConnectorGauges::default());
         registry.register_collector(Box::new(connectors.clone()));
@@ -192,6 +223,8 @@ impl Metrics {
             errors,
             connectors_stopped,
             http_closed,
+            revocations,
+            revoked_closed,
             connectors,
         }
     }
@@ -234,6 +267,18 @@ impl Metrics {
             .get_or_create(&ConnectorLabel {
                 connector: name.to_owned(),
             })
+            .inc();
+    }
+
+    /// A token revocation came into force.
+    pub fn revoked(&self, kind: RevocationKind) {
+        self.revocations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// An open connection on `transport` was closed because its token was revoked.
+    pub fn revoked_connection_closed(&self, transport: Transport) {
+        self.revoked_closed
+            .get_or_create(&TransportLabel { transport })
             .inc();
     }
 

@@ -21,6 +21,7 @@ use crate::hub::Hub;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
 use crate::log::{ChannelLog, LogError};
 use crate::metrics::Metrics;
+use crate::revocation::{FileStore, Revocations};
 use crate::server::{router, AppState};
 
 /// How long shutdown waits for sessions and requests to finish.
@@ -33,6 +34,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Revocations(#[from] crate::revocation::StoreError),
     #[error(
         "cannot listen on {addr}: {source}; choose another address with --listen or TIDINGS_LISTEN"
     )]
@@ -92,10 +95,17 @@ impl Server {
             },
             hub.clone(),
         )?);
+        // Opened after the log, which created the data directory.
+        let revocations = Arc::new(Revocations::open(
+            Arc::new(FileStore::new(&config.data_dir)),
+            config.auth.max_token_lifetime,
+            config.auth.max_revocations,
+        )?);
         let auth = Arc::new(Authenticator::new(
             config.api_keys(),
             &config.public_namespaces(),
             config.token_verifier()?,
+            revocations.clone(),
         ));
         let listener =
             TcpListener::bind(config.listen)
@@ -114,6 +124,7 @@ impl Server {
             log: log.clone(),
             hub,
             auth,
+            revocations,
             metrics,
             connectors: registry.clone(),
             shutdown: shutdown.clone(),

@@ -3,8 +3,13 @@
 //! A token is signed with HS256 by an API key's secret (its header's `kid` names the key; the
 //! token can never do more than that key), or with RS256, ES256 or EdDSA by a private key whose
 //! public half the server has (PEM in config, or a JWKS file). Claims: `sub` (client id, required),
-//! `exp` (required), optional `nbf`, `aud`, `iss`, and `caps`, a map from channel patterns to
-//! operations: `{"store:*": ["subscribe", "history"]}`.
+//! `exp` (required), optional `nbf`, `aud`, `iss`, `iat` and `jti` (what a revocation compares:
+//! `revocation`), and `caps`, a map from channel patterns to operations:
+//! `{"store:*": ["subscribe", "history"]}`.
+//!
+//! Tokens Tidings issues carry a random `jti` and an `iat` with millisecond precision (a JWT
+//! NumericDate may have a fraction), so a token issued right after its subject was revoked is
+//! told apart from the ones before.
 //!
 //! Each key is pinned to its algorithm, so a token cannot choose how it is checked (`alg: none`
 //! and HS256-signed-with-a-public-key are refused).
@@ -16,7 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Principal};
+use crate::grant::{ApiKey, ChannelPattern, Grant, Operation, Principal, TokenId};
+use crate::revocation::Revocations;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 5;
@@ -44,6 +50,8 @@ pub enum TokenError {
     WrongAudienceOrIssuer,
     #[error("the token's claims are invalid: {0}")]
     Claims(String),
+    #[error("the token was revoked; fetch a new one")]
+    Revoked,
 }
 
 /// A public key that verifies tokens.
@@ -62,8 +70,12 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Seconds since the Unix epoch, possibly with a fraction (Tidings issues milliseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
+    pub iat: Option<f64>,
+    /// The token's id, by which it can be revoked alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,8 +188,24 @@ impl TokenVerifier {
             return Err(TokenError::Claims("`sub` must be 1 to 255 bytes".into()));
         }
         let grants = grants_from_caps(&claims.caps).map_err(TokenError::Claims)?;
+        if claims.jti.as_ref().is_some_and(|j| j.len() > 255) {
+            return Err(TokenError::Claims("`jti` must be at most 255 bytes".into()));
+        }
         let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
-        Ok(Principal::token(&claims.sub, grants, ceiling, expires_at))
+        let id = TokenId {
+            jti: claims.jti.as_deref().map(Arc::from),
+            // A negative or absurd `iat` counts as long ago: covered by any revocation.
+            issued_at_ms: claims
+                .iat
+                .map(|s| (s * 1000.0).round().clamp(0.0, u64::MAX as f64) as u64),
+        };
+        Ok(Principal::token(
+            &claims.sub,
+            grants,
+            ceiling,
+            expires_at,
+            id,
+        ))
     }
 }
 
@@ -217,8 +245,24 @@ pub enum IssueError {
     Escalation { pattern: String, op: Operation },
 }
 
-/// Sign an HS256 token with `key`, capabilities at most the key's.
-pub fn issue(key: &ApiKey, req: TokenRequest) -> Result<(String, u64), IssueError> {
+/// A token `POST /v1/tokens` signed.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The JWT.
+    pub token: String,
+    /// Its `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// Its `jti`, by which it can be revoked alone.
+    pub jti: String,
+}
+
+/// Sign an HS256 token with `key`, capabilities at most the key's. Its `iat` falls after any
+/// revocation of its subject in `revocations`, so the new token is not covered by it.
+pub fn issue(
+    key: &ApiKey,
+    req: TokenRequest,
+    revocations: &Revocations,
+) -> Result<Issued, IssueError> {
     let ttl = req.ttl.unwrap_or(DEFAULT_TTL);
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(IssueError::Invalid(format!(
@@ -266,13 +310,15 @@ pub fn issue(key: &ApiKey, req: TokenRequest) -> Result<(String, u64), IssueErro
             })
             .collect(),
     };
-    let now = now_secs();
-    let exp = now + ttl.as_secs().max(1);
+    let issued_ms = revocations.earliest_issue_ms(&subject);
+    let exp = now_secs() + ttl.as_secs().max(1);
+    let jti = format!("{:032x}", rand::random::<u128>());
     let claims = Claims {
         sub: subject,
         exp,
         nbf: None,
-        iat: Some(now),
+        iat: Some(issued_ms as f64 / 1000.0),
+        jti: Some(jti.clone()),
         aud: None,
         iss: None,
         caps,
@@ -285,7 +331,11 @@ pub fn issue(key: &ApiKey, req: TokenRequest) -> Result<(String, u64), IssueErro
         &EncodingKey::from_secret(key.secret.as_bytes()),
     )
     .map_err(|e| IssueError::Invalid(format!("cannot sign: {e}")))?;
-    Ok((token, exp))
+    Ok(Issued {
+        token,
+        expires_at: exp,
+        jti,
+    })
 }
 
 /// Load public keys from PEM files and a JWKS file.

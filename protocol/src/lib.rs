@@ -22,6 +22,10 @@ pub const CLOSE_IDLE: u16 = 4009;
 /// WebSocket close code when the connection's token expired: fetch a new token, reconnect with
 /// it, and resume from the last serial.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// WebSocket close code when the connection's token was revoked (`POST /v1/tokens/revoke`):
+/// treat it like [`CLOSE_TOKEN_EXPIRED`]: fetch a new token, reconnect with it, and resume from
+/// the last serial.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4002;
 
 /// A position in one channel's history: the epoch names the incarnation of the history, the
 /// serial the last message the holder has seen (0 = before the first message).
@@ -357,6 +361,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token has expired: fetch a new one and retry (or reconnect) with it.
     TokenExpired,
+    /// The token was revoked (`POST /v1/tokens/revoke`): fetch a new one and retry (or
+    /// reconnect) with it, as after [`ErrorCode::TokenExpired`].
+    TokenRevoked,
     /// Valid credentials that lack the capability for this operation on this channel.
     Forbidden,
     /// The request's `Origin` is not among the configured allowed origins.
@@ -365,6 +372,8 @@ pub enum ErrorCode {
     TooManyConnections,
     /// Too many channels attached on this connection.
     TooManyChannels,
+    /// `POST /v1/tokens/revoke` found `auth.max_revocations` revocations in force.
+    TooManyRevocations,
     /// Publishing faster than the per-connection rate limit allows.
     RateLimited,
     /// The operation needs the channel attached first.
@@ -393,10 +402,12 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooManyChannels => "too_many_channels",
+            ErrorCode::TooManyRevocations => "too_many_revocations",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotAttached => "not_attached",
             ErrorCode::InvalidRequest => "invalid_request",

@@ -2,8 +2,9 @@
 //!
 //! [`Caller`] reads the credential (`Authorization: Bearer`, else the `access_token` query
 //! parameter), authenticates it, and counts a refusal in `tidings_errors_total{code}`; every
-//! route that serves channels takes it. [`AllowedOrigin`], [`Caller::admit`] and [`Signer`] are
-//! the other rules some routes add at the same edge, each counting its refusals the same way.
+//! route that serves channels takes it. [`AllowedOrigin`], [`Caller::admit`], [`Signer`] and
+//! [`Revoker`] are the other rules some routes add at the same edge, each counting its
+//! refusals the same way.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -247,6 +248,25 @@ impl FromRequestParts<AppState> for Signer {
     }
 }
 
+/// The API key of a request that manages token revocations (`/v1/tokens/revoke`,
+/// `/v1/tokens/revocations`): like [`Signer`], only an API key in `Authorization: Bearer
+/// KEY_ID:SECRET`, never a token.
+pub(super) struct Revoker(pub(super) ApiKey);
+
+impl FromRequestParts<AppState> for Revoker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        api_key(
+            state,
+            &parts.headers,
+            "revoking tokens needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
+        )
+        .map(Revoker)
+        .map_err(|e| refused(state, e))
+    }
+}
+
 /// Count a refusal at the edge, once, by its code.
 fn refused(state: &AppState, e: ApiError) -> ApiError {
     state.metrics.error(e.code);
@@ -289,7 +309,14 @@ pub(super) fn api_key(
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
+        .and_then(bearer);
+    // A revoked token is told so, as on every other route, before being told it is no key.
+    if let Some(token) = credential.filter(|c| !c.contains(':')) {
+        if let Err(AuthError::Token(TokenError::Revoked)) = state.auth.authenticate(Some(token)) {
+            return Err(ApiError::token_revoked());
+        }
+    }
+    let credential = credential
         .filter(|c| c.contains(':'))
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, missing))?;
     Ok(state.auth.api_key(credential).map_err(auth_error)?.clone())
@@ -302,6 +329,7 @@ pub(super) fn auth_error(e: AuthError) -> ApiError {
             ErrorCode::TokenExpired,
             "the token has expired: fetch a new one and retry with it",
         ),
+        AuthError::Token(TokenError::Revoked) => ApiError::token_revoked(),
         AuthError::Token(t) => ApiError::new(ErrorCode::Unauthorized, t.to_string()),
         other => ApiError::new(
             ErrorCode::Unauthorized,

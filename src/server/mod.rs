@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sse", get(sse::sse))
         .route("/v1/poll", get(poll::poll))
         .route("/v1/tokens", post(rest::issue_token))
+        .route("/v1/tokens/revoke", post(rest::revoke_tokens))
+        .route("/v1/tokens/revocations", get(rest::revocations))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

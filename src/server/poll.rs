@@ -59,12 +59,25 @@ pub(super) async fn poll(
         )
     });
     let deadline = tokio::time::Instant::now() + if answer_now { Duration::ZERO } else { wait };
-    // Wait for the first messages (at once if the log has some after the positions).
-    let first = tokio::select! {
-        biased;
-        _ = state.shutdown.cancelled() => None,
-        _ = tokio::time::sleep_until(deadline) => None,
-        event = sub.next(POLL_MAX) => Some(event),
+    let mut revocations = state.revocations.subscribe();
+    // Wait for the first messages (at once if the log has some after the positions). A
+    // revocation of the caller's token ends the wait with `token_revoked`.
+    let first = loop {
+        break tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => None,
+            Ok(()) = revocations.changed() => {
+                if state.revocations.check(&principal).is_ok() {
+                    continue;
+                }
+                state.metrics.revoked_connection_closed(Transport::poll);
+                let e = ApiError::token_revoked();
+                state.metrics.error(e.code);
+                return Err(e);
+            }
+            _ = tokio::time::sleep_until(deadline) => None,
+            event = sub.next(POLL_MAX) => Some(event),
+        };
     };
     let mut next_event = first;
     while let Some(event) = next_event.take() {

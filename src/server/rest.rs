@@ -1,4 +1,5 @@
-//! REST routes: publish, history, tokens, health, metrics, connector status.
+//! REST routes: publish, history, tokens and their revocations, health, metrics, connector
+//! status.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use tidings_protocol::{ErrorCode, HistoryItem, HistoryPage, PublishResponse};
 
-use super::caller::{api_key, Caller, Signer};
+use super::caller::{api_key, Caller, Revoker, Signer};
 use super::state::AppState;
 use crate::error::ApiError;
 use crate::grant::Operation;
@@ -231,6 +232,7 @@ pub(super) async fn not_found() -> Response {
 
 /// `POST /v1/tokens`: an API key signs a token for a client, with at most the key's capabilities.
 pub(super) async fn issue_token(
+    State(state): State<AppState>,
     Signer(key): Signer,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -250,7 +252,7 @@ pub(super) async fn issue_token(
             )
         })?
     };
-    let (token, expires_at) = crate::token::issue(&key, request).map_err(|e| match e {
+    let issued = crate::token::issue(&key, request, &state.revocations).map_err(|e| match e {
         crate::token::IssueError::Escalation { .. } => {
             ApiError::new(ErrorCode::Forbidden, e.to_string())
         }
@@ -258,7 +260,84 @@ pub(super) async fn issue_token(
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "token": token, "expires_at": expires_at * 1000 })),
+        Json(serde_json::json!({
+            "token": issued.token,
+            "expires_at": issued.expires_at * 1000,
+            "jti": issued.jti,
+        })),
     )
         .into_response())
+}
+
+/// What `POST /v1/tokens/revoke` is asked to revoke: exactly one of the two.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    subject: Option<String>,
+    jti: Option<String>,
+}
+
+/// `POST /v1/tokens/revoke` with `{"subject": "..."}` or `{"jti": "..."}`: from the answer on,
+/// the tokens it names are refused with `token_revoked`, and open connections using them are
+/// closed. Answers only once the revocation is durable.
+pub(super) async fn revoke_tokens(
+    State(state): State<AppState>,
+    Revoker(key): Revoker,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const SHAPE: &str = r#"the body must be {"subject": "..."} (every token of that subject issued until now) or {"jti": "..."} (one token)"#;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedFrame,
+            format!("cannot read the request body: {e}"),
+        )
+    })?;
+    let request: RevokeRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedFrame, format!("{SHAPE}: {e}")))?;
+    use crate::revocation::{RevokeError, Target};
+    let target = match (request.subject, request.jti) {
+        (Some(subject), None) => Target::Subject(subject),
+        (None, Some(jti)) => Target::Jti(jti),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("give `subject` or `jti`, not both; {SHAPE}"),
+            ))
+        }
+        (None, None) => return Err(ApiError::new(ErrorCode::InvalidRequest, SHAPE)),
+    };
+    let kind = match target {
+        Target::Subject(_) => crate::metrics::RevocationKind::subject,
+        Target::Jti(_) => crate::metrics::RevocationKind::jti,
+    };
+    let revocation = state.revocations.revoke(target).await.map_err(|e| {
+        let code = match &e {
+            RevokeError::Invalid(_) => ErrorCode::InvalidRequest,
+            RevokeError::Full { .. } => ErrorCode::TooManyRevocations,
+            RevokeError::Store(_) => {
+                tracing::error!(error = %e, "cannot store a token revocation");
+                ErrorCode::Internal
+            }
+        };
+        state.metrics.error(code);
+        ApiError::new(code, e.to_string())
+    })?;
+    state.metrics.revoked(kind);
+    tracing::info!(
+        key = %key.id,
+        target = %revocation.target.describe(),
+        revoked_at = revocation.revoked_at,
+        expires_at = revocation.expires_at,
+        "tokens revoked"
+    );
+    Ok(Json(serde_json::json!({ "revocation": revocation })).into_response())
+}
+
+/// `GET /v1/tokens/revocations`: the revocations in force, oldest first, for operators.
+pub(super) async fn revocations(State(state): State<AppState>, Revoker(_): Revoker) -> Response {
+    Json(serde_json::json!({
+        "revocations": state.revocations.list(),
+        "max": state.config.auth.max_revocations,
+    }))
+    .into_response()
 }

@@ -23,6 +23,7 @@ use super::subscription::{format_positions, Event, Kind, Subscription};
 use super::wanted::Wanted;
 use crate::channel::ChannelName;
 use crate::error::ApiError;
+use crate::grant::Principal;
 use crate::metrics::{CloseReason, Transport};
 
 /// Live messages taken per wake-up.
@@ -41,11 +42,10 @@ pub(super) async fn sse(
     let Caller(principal) = caller;
     let (sub, attached) = wanted.attach(&state, &principal)?;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
-    let expires = principal.expires_at;
     let task_state = state.clone();
     state.sessions.spawn(async move {
         let _permit = permit;
-        stream_events(task_state, sub, attached, tx, expires).await
+        stream_events(task_state, sub, attached, tx, principal).await
     });
     let response = Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -93,9 +93,10 @@ async fn stream_events(
     mut sub: Subscription,
     attached: Vec<ServerFrame>,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
-    expires: Option<std::time::SystemTime>,
+    principal: Principal,
 ) {
-    let expires_in = expires.map(|t| {
+    let mut revocations = state.revocations.subscribe();
+    let expires_in = principal.expires_at.map(|t| {
         t.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO)
     });
@@ -164,6 +165,20 @@ async fn stream_events(
                     write_event(&mut chunk, "error", None, &body);
                     let _ = send(chunk).await;
                     break CloseReason::token_expired;
+                }
+                // A revoked token ends the stream the same way, with its own code.
+                Ok(()) = revocations.changed() => {
+                    if state.revocations.check(&principal).is_ok() {
+                        continue;
+                    }
+                    let e = ApiError::token_revoked();
+                    state.metrics.error(e.code);
+                    let body = serde_json::to_string(&ServerFrame::Error(e.body(None))).expect("frames encode");
+                    let mut chunk = String::new();
+                    write_event(&mut chunk, "error", None, &body);
+                    let _ = send(chunk).await;
+                    state.metrics.revoked_connection_closed(Transport::sse);
+                    break CloseReason::token_revoked;
                 }
                 event = sub.next(SSE_BATCH) => event,
                 // A comment keeps proxies from closing a quiet stream.

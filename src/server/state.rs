@@ -12,6 +12,7 @@ use crate::hub::Hub;
 use crate::limits::Admission;
 use crate::log::ChannelLog;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 
 /// Everything a request handler or a session needs: one shared allocation, so the clone every
 /// request takes is a single reference count.
@@ -39,6 +40,9 @@ pub struct Shared {
     pub log: Arc<dyn ChannelLog>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Authenticator>,
+    /// The token revocations in force; sessions follow [`Revocations::subscribe`] and close
+    /// when their principal is revoked.
+    pub revocations: Arc<Revocations>,
     pub metrics: Arc<Metrics>,
     /// The status of this server's connectors, for `GET /v1/connectors`.
     pub connectors: Arc<ConnectorRegistry>,

@@ -440,8 +440,11 @@ export class TidingsClient extends Emitter<ClientEvents> implements Owner {
     const c = this.drop();
     if (!c) return;
     if (c.open) this.downSince = Date.now();
-    if (code === 4001 || e?.code === 'token_expired') {
-      e ??= new TidingsError('token_expired', 'the token expired: the server closed the connection with 4001');
+    // Expired (4001) or revoked (4002): a new token from getToken, then resume every channel.
+    if (code === 4001 || code === 4002 || e?.code === 'token_expired' || e?.code === 'token_revoked') {
+      e ??= code === 4002
+        ? new TidingsError('token_revoked', 'the token was revoked: the server closed the connection with 4002')
+        : new TidingsError('token_expired', 'the token expired: the server closed the connection with 4001');
       if (!this.o.getToken) return this.fail(e);
       this.tok = undefined;
       return this.retry(e, 0);

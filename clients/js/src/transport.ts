@@ -158,7 +158,7 @@ export function sse(l: Link): Conn {
             if (event === 'going_away') return fail(me, 1001);
             if (data) {
               const f = JSON.parse(data.slice(0, -1));
-              if (f.type === 'error' && f.code === 'token_expired') return fail(me, 4001, fromBody(f));
+              if (f.type === 'error' && (f.code === 'token_expired' || f.code === 'token_revoked')) return fail(me, f.code === 'token_revoked' ? 4002 : 4001, fromBody(f));
               l.frame(f);
               if (me !== gen) return;
             }

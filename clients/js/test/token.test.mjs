@@ -1,11 +1,11 @@
 // Tokens: short-lived HS256 tokens from the server's POST /v1/tokens. The connection must
 // outlive the first token, renewing in-band over WebSocket, and recover from 4001 and from
-// an SSE stream's token_expired.
+// an SSE stream's token_expired; and from a revocation (4002, token_revoked) on every transport.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { TidingsClient } from '../dist/index.js';
-import { issueToken, publish, sleep, startTidings, waitFor, track } from './harness.mjs';
+import { KEY, issueToken, publish, sleep, startTidings, waitFor, track } from './harness.mjs';
 
 let server;
 before(async () => {
@@ -135,3 +135,46 @@ test("SSE: a stream ended by the server's token_expired event resumes with a fre
   assert.deepEqual(got, Array.from({ length: n }, (_, i) => i));
   await client.close();
 });
+
+/** Revoke every token of `subject` issued until now (POST /v1/tokens/revoke with the API key). */
+async function revokeSubject(subject) {
+  const resp = await fetch(`${server.base}/v1/tokens/revoke`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ subject }),
+  });
+  assert.equal(resp.status, 200, await resp.text());
+}
+
+for (const transport of ['websocket', 'sse', 'poll']) {
+  test(`${transport}: a revoked token is replaced from getToken and every channel resumes, nothing lost or repeated`, async () => {
+    const subject = `revoked-${transport}`;
+    const calls = [];
+    const getToken = async () => {
+      const t = await issueToken(server.base, { subject, ttl: '10m' });
+      calls.push(t.jti);
+      return { token: t.token, expiresAt: t.expires_at };
+    };
+    const client = track(new TidingsClient({ url: server.base, getToken, transports: [transport], pollWaitMs: 5000 }));
+    const ended = [];
+    client.on('state', (s) => s.error && ended.push(s.error.code));
+    const got = [];
+    const channel = `tok:revoked-${transport}`;
+    const sub = client.attach(channel);
+    sub.on('message', (m) => got.push(m.data.i));
+    await waitFor(() => sub.position, 5000, 'attached');
+    for (let i = 0; i < 20; i++) await publish(server.base, channel, [{ data: { i } }]);
+    await waitFor(() => got.length === 20, 5000, '20 messages');
+    await revokeSubject(subject);
+    // Published while the client is cut off and fetches its new token.
+    for (let i = 20; i < 40; i++) await publish(server.base, channel, [{ data: { i } }]);
+    await waitFor(() => got.length >= 40, 5000, '40 messages');
+    await sleep(300);
+    assert.deepEqual(got, Array.from({ length: 40 }, (_, i) => i), 'every message once, in order');
+    assert.ok(ended.includes('token_revoked'), `the connection ended with token_revoked: ${ended}`);
+    assert.ok(calls.length >= 2, `a new token was fetched: ${calls.length}`);
+    assert.notEqual(calls.at(-1), calls[0], 'a different token');
+    assert.equal(client.state, 'connected');
+    await client.close();
+  });
+}

@@ -79,7 +79,8 @@ impl ClientBuilder {
 
     /// Authenticate with tokens from a callback (typically a request to your backend, which
     /// calls `POST /v1/tokens` or signs a JWT). The client calls it to connect, again when the
-    /// server says the token expired (close 4001, `token_expired`), and before expiry to renew
+    /// server says the token expired or was revoked (close 4001 or 4002, `token_expired` or
+    /// `token_revoked`), and before expiry to renew
     /// in-band on WebSocket (`auth` frame) so the connection never drops for it.
     pub fn token_source<F, Fut, E>(mut self, source: F) -> Self
     where

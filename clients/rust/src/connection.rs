@@ -200,7 +200,7 @@ impl Connection {
         self.heartbeat.mul_f64(DEAD_AFTER_HEARTBEATS)
     }
 
-    /// The end of a connection after the server said the token expired.
+    /// The end of a connection after the server said the token expired or was revoked.
     pub fn token_expired(&self, error: Error, healthy: bool) -> Ended {
         if self.shared.auth.renewable() {
             Ended::Lost {

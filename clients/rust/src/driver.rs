@@ -122,8 +122,13 @@ impl Driver {
                             refresh = true;
                             continue;
                         }
-                        if e.code() != Some(ErrorCode::TokenExpired) {
-                            // A fresh token refused outright: the token source is wrong.
+                        if !matches!(
+                            e.code(),
+                            Some(ErrorCode::TokenExpired | ErrorCode::TokenRevoked)
+                        ) {
+                            // A fresh token refused outright: the token source is wrong. (A
+                            // fresh token the server calls expired or revoked may be the
+                            // source's cache, or clock skew: retry after a backoff.)
                             return conn.finish(Some(e), None);
                         }
                         refresh = true;

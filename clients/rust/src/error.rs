@@ -103,7 +103,7 @@ pub enum Error {
     /// The server closed the WebSocket with a close code (`docs/protocol.md`, "Closing").
     #[error("the server closed the connection with code {code}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     ClosedByServer {
-        /// The WebSocket close code (1001, 4001, 4008, 4009, ...).
+        /// The WebSocket close code (1001, 4001, 4002, 4008, 4009, ...).
         code: u16,
         /// The close reason the server gave.
         reason: String,
@@ -230,10 +230,12 @@ mod tests {
             "invalid_request",
             "unauthorized",
             "token_expired",
+            "token_revoked",
             "forbidden",
             "origin_not_allowed",
             "too_many_connections",
             "too_many_channels",
+            "too_many_revocations",
             "rate_limited",
             "not_attached",
             "shutting_down",

@@ -76,7 +76,9 @@ pub(crate) fn refused(transport: Transport, status: StatusCode, body: &[u8]) -> 
         ));
     };
     match error.code() {
-        Some(ErrorCode::Unauthorized | ErrorCode::TokenExpired) => Failed::Auth(error),
+        Some(ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::TokenRevoked) => {
+            Failed::Auth(error)
+        }
         Some(ErrorCode::Forbidden | ErrorCode::InvalidChannel) if error.channel().is_some() => {
             Failed::Channel(error)
         }

@@ -17,8 +17,8 @@ pub(crate) fn endpoint(base: &Url, segments: &[&str]) -> Url {
     url
 }
 
-/// Send a request with the client's credentials; with a token source, a `token_expired` answer
-/// is retried once with a fresh token. Returns the status and the body.
+/// Send a request with the client's credentials; with a token source, a `token_expired` or
+/// `token_revoked` answer is retried once with a fresh token. Returns the status and the body.
 async fn send(
     shared: &Shared,
     url: &Url,
@@ -44,7 +44,11 @@ async fn send(
             return Ok((status, body));
         }
         let error = error_answer(status, &body);
-        if error.code() == Some(ErrorCode::TokenExpired) && shared.auth.renewable() && !fresh {
+        let renew = matches!(
+            error.code(),
+            Some(ErrorCode::TokenExpired | ErrorCode::TokenRevoked)
+        );
+        if renew && shared.auth.renewable() && !fresh {
             fresh = true;
             continue;
         }

@@ -1,6 +1,6 @@
 //! Tokens from a callback: renewed in-band before expiry on WebSocket, replaced after the
-//! server says they expired (close 4001, SSE `token_expired`, a 401 on long-poll), without
-//! losing or repeating a message. Refused credentials stop the client with a typed error.
+//! server says they expired (close 4001, SSE `token_expired`, a 401 on long-poll) or were
+//! revoked (close 4002, `token_revoked`), without losing or repeating a message. Refused credentials stop the client with a typed error.
 
 mod subscriber;
 
@@ -190,4 +190,93 @@ async fn forbidden_channels_are_refused_on_every_transport() {
     for transport in Transport::ALL {
         forbidden_channel(transport).await;
     }
+}
+
+/// Subscribe with a token source on `transport`, publish, revoke the subject's tokens halfway,
+/// publish on: the client fetches a new token and resumes, every message once, in order.
+async fn across_a_revocation(transport: Transport) {
+    let t = TestServer::start().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Client::builder(t.http())
+        .token_source(source(t.http(), "10m", None, true, calls.clone()))
+        .transports(&[transport])
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .poll_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut sub = c.attach("tok", Start::Now).await.unwrap();
+    let http = reqwest::Client::new();
+    let base = t.http();
+    for i in 0..20u64 {
+        publish_data(&http, &base, "tok", &[json!(i)]).await;
+    }
+    let before = messages(&mut sub, 20).await;
+    let resp = http
+        .post(format!("{base}/v1/tokens/revoke"))
+        .bearer_auth(KEY)
+        .json(&json!({"subject": "device-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Published while the client is being cut off and fetches its new token.
+    for i in 20..40u64 {
+        publish_data(&http, &base, "tok", &[json!(i)]).await;
+    }
+    let after = messages(&mut sub, 20).await;
+    let data: Vec<u64> = before
+        .iter()
+        .chain(&after)
+        .map(|m| m.data_as::<u64>().unwrap())
+        .collect();
+    assert_eq!(
+        data,
+        (0..40).collect::<Vec<_>>(),
+        "{transport}: once, in order"
+    );
+    subscriber::assert_quiet(&mut sub).await;
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "{transport}: a new token was fetched"
+    );
+    if transport != Transport::WebSocket {
+        // An SSE stream ends with a `token_revoked` event; a poll is answered 401 with it.
+        let refused = tidings_testkit::rest::metric(
+            &http,
+            &base,
+            r#"tidings_errors_total{code="token_revoked"}"#,
+        )
+        .await;
+        assert!(
+            refused >= 1.0,
+            "{transport}: the server refused the old token"
+        );
+    }
+    if transport != Transport::LongPoll {
+        // A stream is open all along, so the revocation closed it.
+        let closed = tidings_testkit::rest::metric(
+            &http,
+            &base,
+            r#"tidings_sessions_closed_total{reason="token_revoked"}"#,
+        )
+        .await;
+        assert_eq!(closed, 1.0, "{transport}");
+        assert!(c.stats().connections >= 2, "{transport}: {:?}", c.stats());
+    }
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_fetches_a_new_token_after_close_4002() {
+    across_a_revocation(Transport::WebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_fetches_a_new_token_after_token_revoked() {
+    across_a_revocation(Transport::Sse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_fetches_a_new_token_after_token_revoked() {
+    across_a_revocation(Transport::LongPoll).await;
 }

@@ -16,7 +16,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tidings_protocol::{
     ClientFrame, ErrorCode, FrameError, Position, ServerFrame, CLIENT_FRAME_TYPES,
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, PROTOCOL_VERSION,
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_REVOKED,
+    PROTOCOL_VERSION,
 };
 
 use crate::channel::ChannelName;
@@ -44,6 +45,7 @@ enum End {
     Protocol,
     Idle,
     TokenExpired,
+    TokenRevoked,
 }
 
 type PublishDone = (Option<String>, ChannelName, Result<Vec<Appended>, ApiError>);
@@ -88,6 +90,7 @@ where
             shutdown: state.shutdown.clone(),
         },
         subscription: Subscription::new(state.log.clone(), state.hub.clone()),
+        revocations: state.revocations.subscribe(),
         state,
         principal,
         inflight: None,
@@ -114,6 +117,9 @@ where
                         timer.as_mut().reset(s.timers.next());
                         step
                     }
+                    // A revocation, like expiry, ends the session before anything else is
+                    // delivered under the revoked token.
+                    Ok(()) = s.revocations.changed() => s.check_revoked(),
                     // Then acks: they unblock the client's publishers.
                     Some(done) = next_published(&mut s.inflight) => Box::pin(s.on_published(done)).await,
                     // Then client frames (paused while too many publishes are in flight: back-pressure).
@@ -303,6 +309,8 @@ struct Session<S> {
     /// When the client last sent anything (frames, pongs).
     last_heard: Instant,
     timers: Timers,
+    /// Changes when a revocation comes into force; the principal is checked again.
+    revocations: tokio::sync::watch::Receiver<u64>,
     /// Publishes waiting for their append; created by the first publish.
     inflight: Option<Inflight>,
 }
@@ -319,6 +327,14 @@ where
             heartbeat_ms: self.timers.heartbeat_every.as_millis() as u64,
         };
         self.out.frame(&hello).await
+    }
+
+    /// Whether the connection's token was revoked.
+    fn check_revoked(&self) -> Result<(), End> {
+        match self.state.revocations.check(&self.principal) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(End::TokenRevoked),
+        }
     }
 
     fn inflight_len(&self) -> usize {
@@ -626,6 +642,14 @@ where
                     CLOSE_GRACE,
                 )),
             ),
+            End::TokenRevoked => (
+                CloseReason::token_revoked,
+                Some((
+                    CLOSE_TOKEN_REVOKED,
+                    "token revoked: fetch a new token, reconnect and resume from your last serial",
+                    CLOSE_GRACE,
+                )),
+            ),
             End::Protocol => (CloseReason::protocol, None),
             End::Shutdown => (
                 CloseReason::shutdown,
@@ -645,6 +669,11 @@ where
             ),
         };
         self.state.metrics.session_closed(reason);
+        if end == End::TokenRevoked {
+            self.state
+                .metrics
+                .revoked_connection_closed(Transport::websocket);
+        }
         tracing::debug!(subject = %self.principal.subject, ?end, "session closed");
         // Release the hub's channels before the (possibly slow) close.
         drop(std::mem::replace(

@@ -147,7 +147,9 @@ fn on_event(conn: &mut Connection, event: SseEvent, healthy: bool) -> Option<End
                     Error::Protocol(format!("unreadable SSE error event: {}", event.data))
                 });
             return Some(match error.code() {
-                Some(ErrorCode::TokenExpired) => conn.token_expired(error, healthy),
+                Some(ErrorCode::TokenExpired | ErrorCode::TokenRevoked) => {
+                    conn.token_expired(error, healthy)
+                }
                 Some(ErrorCode::Forbidden) if error.channel().is_some() => {
                     let channel = error.channel().unwrap_or_default().to_owned();
                     conn.attachments.fail(&channel, error);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tidings_protocol::{
     ClientFrame, ErrorBody, ErrorCode, MessageFrame, ServerFrame, CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOKEN_REVOKED,
 };
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -276,7 +277,9 @@ async fn session(conn: &mut Connection, mut ws: Ws) -> Ended {
                                 .map(|c| (u16::from(c.code), c.reason.to_string()))
                                 .unwrap_or((1005, String::new()));
                             let error = Error::ClosedByServer { code, reason };
-                            break 'session if code == CLOSE_TOKEN_EXPIRED {
+                            break 'session if code == CLOSE_TOKEN_EXPIRED
+                                || code == CLOSE_TOKEN_REVOKED
+                            {
                                 conn.token_expired(error, healthy)
                             } else {
                                 lost(error, healthy)
