@@ -1,0 +1,270 @@
+//! The account at the end: what the log holds (REST history, read around the proxy), then per
+//! subscriber per channel: serials strictly increasing within an epoch, each writer's sequence
+//! increasing, no message twice (by id or by key), nothing that was never written, and every
+//! committed row and acknowledged publish delivered, or covered by a continuity-lost signal the
+//! subscriber got ("lost, told"); anything else missing is "lost, untold".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+use tidings_testkit::KEY;
+
+use crate::ledger::{Key, Ledger, Record};
+
+/// One channel as the log holds it.
+#[derive(Default, Debug)]
+pub struct ChannelLog {
+    pub epoch: String,
+    /// (serial, key) of each message, in serial order.
+    pub items: Vec<(u64, Option<Key>)>,
+}
+
+impl ChannelLog {
+    pub fn head(&self) -> u64 {
+        self.items.last().map_or(0, |i| i.0)
+    }
+}
+
+/// Read every channel's whole history from Tidings at `base`.
+pub async fn read_log(
+    base: &str,
+    channels: &[String],
+) -> anyhow::Result<BTreeMap<String, ChannelLog>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut out = BTreeMap::new();
+    for channel in channels {
+        let mut log = ChannelLog::default();
+        let mut after = 0;
+        loop {
+            let page: Value = http
+                .get(format!(
+                    "{base}/v1/channels/{channel}/messages?after={after}&limit=1000"
+                ))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("reading the history of {channel}"))?
+                .json()
+                .await?;
+            log.epoch = page["epoch"].as_str().unwrap_or_default().to_owned();
+            for item in page["items"].as_array().into_iter().flatten() {
+                log.items
+                    .push((item["serial"].as_u64().unwrap_or(0), Key::of(&item["data"])));
+            }
+            match page["next"].as_u64() {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        out.insert(channel.clone(), log);
+    }
+    Ok(out)
+}
+
+/// What must reach every subscriber, what may (at most once), and where the log put each.
+pub struct Truth {
+    /// Committed outbox rows and acknowledged publishes: key to channel.
+    pub expected: BTreeMap<Key, String>,
+    /// Publishes never acknowledged: key to channel.
+    pub unacked: BTreeMap<Key, String>,
+    /// Where each key is in the log: (channel, serial).
+    pub in_log: HashMap<Key, (String, u64)>,
+}
+
+impl Truth {
+    pub fn new(
+        expected: BTreeMap<Key, String>,
+        unacked: BTreeMap<Key, String>,
+        log: &BTreeMap<String, ChannelLog>,
+    ) -> (Truth, LogAccount) {
+        let mut in_log = HashMap::new();
+        let mut account = LogAccount::default();
+        for (channel, l) in log {
+            for (serial, key) in &l.items {
+                let Some(key) = key else {
+                    account.foreign.push(format!("{channel} serial {serial}"));
+                    continue;
+                };
+                if let Some((c, s)) = in_log.insert(key.clone(), (channel.clone(), *serial)) {
+                    account.duplicated.push(format!(
+                        "{key} at {c} serial {s} and {channel} serial {serial}"
+                    ));
+                }
+            }
+        }
+        for (key, channel) in &expected {
+            match in_log.get(key) {
+                None => account.missing.push(format!("{key} ({channel})")),
+                Some((c, s)) if c != channel => account.misplaced.push(format!(
+                    "{key} written to {channel}, logged on {c} serial {s}"
+                )),
+                Some(_) => {}
+            }
+        }
+        (
+            Truth {
+                expected,
+                unacked,
+                in_log,
+            },
+            account,
+        )
+    }
+}
+
+/// What is wrong with the log itself.
+#[derive(Default)]
+pub struct LogAccount {
+    /// Expected keys the log does not hold.
+    pub missing: Vec<String>,
+    /// Keys the log holds twice.
+    pub duplicated: Vec<String>,
+    /// Keys the log holds on another channel than they were written to.
+    pub misplaced: Vec<String>,
+    /// Messages on soak channels without a key.
+    pub foreign: Vec<String>,
+}
+
+/// One subscriber's account.
+#[derive(Default)]
+pub struct SubscriberAccount {
+    pub name: String,
+    pub delivered: u64,
+    /// Continuity-lost signals received.
+    pub signals: u64,
+    /// The signals by reason.
+    pub reasons: BTreeMap<String, u64>,
+    pub lost_told: u64,
+    pub lost_untold: Vec<String>,
+    pub duplicated: Vec<String>,
+    pub out_of_order: Vec<String>,
+    /// Delivered messages that were never written (or on another channel).
+    pub unexpected: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// A range of serials a continuity-lost signal covers: after `after` up to `upto`.
+struct Covered {
+    after: u64,
+    upto: u64,
+}
+
+pub fn account(name: &str, ledger: &Ledger, truth: &Truth) -> SubscriberAccount {
+    let mut a = SubscriberAccount {
+        name: name.to_owned(),
+        errors: ledger.errors.clone(),
+        ..Default::default()
+    };
+    let mut last: HashMap<&str, (&str, u64)> = HashMap::new();
+    let mut last_seq: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut keys: HashSet<&Key> = HashSet::new();
+    let mut ids: HashSet<(&str, &str)> = HashSet::new();
+    let mut covered: HashMap<&str, Vec<Covered>> = HashMap::new();
+    for record in &ledger.records {
+        match record {
+            Record::Message(d) => {
+                a.delivered += 1;
+                let channel = d.channel.as_str();
+                if let Some((epoch, serial)) = last.get(channel) {
+                    if *epoch == d.epoch && d.serial <= *serial {
+                        a.out_of_order.push(format!(
+                            "{channel}: serial {} after {serial} (epoch {epoch})",
+                            d.serial
+                        ));
+                    }
+                }
+                last.insert(channel, (d.epoch.as_str(), d.serial));
+                let twice_by_id = d.id.as_deref().is_some_and(|id| !ids.insert((channel, id)));
+                let Some(key) = &d.key else {
+                    a.unexpected
+                        .push(format!("{channel} serial {}: no key in its data", d.serial));
+                    continue;
+                };
+                let written_to = truth.expected.get(key).or_else(|| truth.unacked.get(key));
+                if written_to.map(String::as_str) != Some(channel) {
+                    a.unexpected.push(format!(
+                        "{channel} serial {}: {key}, written to {}",
+                        d.serial,
+                        written_to.map_or("no channel (never written)", |c| c.as_str())
+                    ));
+                }
+                if !keys.insert(key) || twice_by_id {
+                    a.duplicated
+                        .push(format!("{channel} serial {}: {key} again", d.serial));
+                }
+                if let Some(prev) = last_seq.insert((channel, key.writer.as_str()), key.seq) {
+                    if key.seq <= prev {
+                        a.out_of_order
+                            .push(format!("{channel}: {key} after {}#{prev}", key.writer));
+                    }
+                }
+            }
+            Record::Lost(l) => {
+                a.signals += 1;
+                *a.reasons.entry(l.reason.clone()).or_default() += 1;
+                let after = match &l.previous {
+                    Some(p) if p.epoch == l.position.epoch => p.serial,
+                    _ => 0,
+                };
+                covered
+                    .entry(l.channel.as_str())
+                    .or_default()
+                    .push(Covered {
+                        after,
+                        upto: l.position.serial,
+                    });
+            }
+        }
+    }
+    for (key, channel) in &truth.expected {
+        if keys.contains(key) {
+            continue;
+        }
+        let told = truth.in_log.get(key).is_some_and(|(c, serial)| {
+            covered
+                .get(c.as_str())
+                .is_some_and(|cs| cs.iter().any(|r| r.after < *serial && *serial <= r.upto))
+        });
+        if told {
+            a.lost_told += 1;
+        } else {
+            let at = truth
+                .in_log
+                .get(key)
+                .map_or("not in the log".to_owned(), |(_, s)| format!("serial {s}"));
+            a.lost_untold.push(format!("{channel}: {key} ({at})"));
+        }
+    }
+    a
+}
+
+/// Names of the channels whose serial a subscriber has not reached yet (`head` per channel).
+pub fn behind(ledger: &Ledger, log: &BTreeMap<String, ChannelLog>) -> Vec<String> {
+    log.iter()
+        .filter_map(|(channel, l)| {
+            let at = ledger.positions.get(channel);
+            let reached = at.is_some_and(|p| p.epoch == l.epoch && p.serial >= l.head());
+            (!reached).then(|| {
+                format!(
+                    "{channel} at {} of {}",
+                    at.map_or("nothing".to_owned(), |p| p.serial.to_string()),
+                    l.head()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Up to `n` examples of a list, and how many more.
+pub fn examples(list: &[String], n: usize) -> String {
+    let mut s = list.iter().take(n).cloned().collect::<Vec<_>>().join("; ");
+    if list.len() > n {
+        s.push_str(&format!("; and {} more", list.len() - n));
+    }
+    s
+}

@@ -1,0 +1,110 @@
+//! REST publishers: each publishes one message at a time with an id (`WRITER-SEQ`) and its key
+//! in the data, through the clients' proxy, and retries the same id (errors, timeouts, a
+//! server down) until it is acknowledged with 201. An acknowledged id is the ground truth of
+//! what must be delivered; the one in flight when the soak stops, if it never got its answer,
+//! is "unacknowledged": it may be delivered, but at most once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tidings_testkit::KEY;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::Key;
+use crate::outbox::PAD;
+
+/// What the publishers know at the end.
+#[derive(Default)]
+pub struct Outcome {
+    /// Acknowledged publishes: key to channel.
+    pub acked: BTreeMap<Key, String>,
+    /// Attempted and never acknowledged: key to channel.
+    pub unacked: BTreeMap<Key, String>,
+    /// Refusals that retrying cannot cure (a 4xx other than 429): a bug, reported.
+    pub refused: Vec<String>,
+}
+
+pub struct Publisher {
+    pub name: String,
+    pub base: String,
+    pub channels: Vec<String>,
+    /// Publishes per second it aims at.
+    pub rate: f64,
+    pub seed: u64,
+    pub acks: Arc<AtomicU64>,
+    pub outcome: Arc<Mutex<Outcome>>,
+}
+
+impl Publisher {
+    /// Publish until `stop`; the publish in flight then gets until `drain` to be acknowledged.
+    pub async fn run(self, stop: CancellationToken, drain: Duration) {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client builds");
+        let pause = Duration::from_secs_f64(1.0 / self.rate);
+        let pad = "x".repeat(PAD);
+        let mut seq = 0u64;
+        while !stop.is_cancelled() {
+            seq += 1;
+            let key = Key {
+                writer: self.name.clone(),
+                seq,
+            };
+            let channel = self.channels[rng.random_range(0..self.channels.len())].clone();
+            let body = json!({
+                "id": format!("{}-{seq}", self.name),
+                "name": "soak",
+                "data": {"w": self.name, "s": seq, "pad": pad},
+            });
+            let url = format!("{}/v1/channels/{channel}/messages", self.base);
+            let mut give_up: Option<Instant> = None;
+            let acked = loop {
+                if stop.is_cancelled() && give_up.is_none() {
+                    give_up = Some(Instant::now() + drain);
+                }
+                if give_up.is_some_and(|g| Instant::now() > g) {
+                    break false;
+                }
+                let sent = http.post(&url).bearer_auth(KEY).json(&body).send().await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 201 => break true,
+                    Ok(r)
+                        if r.status().is_client_error()
+                            && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                    {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        self.outcome
+                            .lock()
+                            .unwrap()
+                            .refused
+                            .push(format!("{key} on {channel}: {status} {text}"));
+                        break false;
+                    }
+                    // A 5xx, a 429, a timeout, a refused or cut connection: the same id again.
+                    _ => tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await,
+                }
+            };
+            {
+                let mut outcome = self.outcome.lock().unwrap();
+                if acked {
+                    outcome.acked.insert(key, channel);
+                    self.acks.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    outcome.unacked.insert(key, channel);
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(pause.mul_f64(rng.random_range(0.5..1.5))) => {}
+            }
+        }
+    }
+}
