@@ -268,3 +268,160 @@ pub fn examples(list: &[String], n: usize) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use tidings_protocol::Position;
+
+    use super::*;
+    use crate::ledger::Delivery;
+
+    fn key(w: &str, s: u64) -> Key {
+        Key {
+            writer: w.into(),
+            seq: s,
+        }
+    }
+
+    /// Channel `a` holds db0#1..=db0#n at serials 1..=n, all expected.
+    fn truth(n: u64) -> (Truth, LogAccount) {
+        let expected: BTreeMap<Key, String> =
+            (1..=n).map(|s| (key("db0", s), "a".into())).collect();
+        let log = BTreeMap::from([(
+            "a".to_owned(),
+            ChannelLog {
+                epoch: "e1".into(),
+                items: (1..=n).map(|s| (s, Some(key("db0", s)))).collect(),
+            },
+        )]);
+        Truth::new(expected, BTreeMap::new(), &log)
+    }
+
+    fn deliver(ledger: &mut Ledger, serial: u64, k: Key) {
+        ledger.message(Delivery {
+            channel: "a".into(),
+            epoch: "e1".into(),
+            serial,
+            id: Some(format!("{}-{}", k.writer, k.seq)),
+            key: Some(k),
+        });
+    }
+
+    #[test]
+    fn everything_once_in_order_is_clean() {
+        let (truth, log) = truth(3);
+        assert!(log.missing.is_empty() && log.duplicated.is_empty());
+        let mut l = Ledger::default();
+        for s in 1..=3 {
+            deliver(&mut l, s, key("db0", s));
+        }
+        let a = account("s", &l, &truth);
+        assert_eq!(a.delivered, 3);
+        assert!(a.lost_untold.is_empty() && a.duplicated.is_empty() && a.out_of_order.is_empty());
+        assert!(a.unexpected.is_empty());
+        let heads = BTreeMap::from([(
+            "a".to_owned(),
+            ChannelLog {
+                epoch: "e1".into(),
+                items: vec![(3, None)],
+            },
+        )]);
+        assert!(behind(&l, &heads).is_empty());
+    }
+
+    #[test]
+    fn a_gap_is_lost_untold_unless_a_signal_covers_it() {
+        let (truth, _) = truth(4);
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        deliver(&mut l, 4, key("db0", 4));
+        let a = account("s", &l, &truth);
+        assert_eq!(a.lost_untold.len(), 2, "{:?}", a.lost_untold);
+        assert_eq!(a.lost_told, 0);
+
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        let head = Position {
+            epoch: "e1".into(),
+            serial: 3,
+        };
+        l.lost("a", "HistoryExpired".into(), head);
+        deliver(&mut l, 4, key("db0", 4));
+        let a = account("s", &l, &truth);
+        assert!(a.lost_untold.is_empty(), "{:?}", a.lost_untold);
+        assert_eq!((a.lost_told, a.signals), (2, 1));
+
+        // A signal covers only what lies between the position before it and the one after.
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        deliver(&mut l, 2, key("db0", 2));
+        let head = Position {
+            epoch: "e1".into(),
+            serial: 2,
+        };
+        l.lost("a", "HistoryExpired".into(), head);
+        deliver(&mut l, 4, key("db0", 4));
+        let a = account("s", &l, &truth);
+        assert_eq!(a.lost_untold.len(), 1, "db0#3 was not covered");
+    }
+
+    #[test]
+    fn duplicates_by_key_or_id_and_disorder_are_counted() {
+        let (truth, _) = truth(3);
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        deliver(&mut l, 2, key("db0", 2));
+        deliver(&mut l, 2, key("db0", 2)); // the same serial again: a duplicate and disorder
+        deliver(&mut l, 3, key("db0", 3));
+        let a = account("s", &l, &truth);
+        assert_eq!(a.duplicated.len(), 1, "{:?}", a.duplicated);
+        assert_eq!(a.out_of_order.len(), 2, "{:?}", a.out_of_order);
+
+        // Serials in order, but a writer's sequence backwards: commit order broken.
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 2));
+        deliver(&mut l, 2, key("db0", 1));
+        deliver(&mut l, 3, key("db0", 3));
+        let a = account("s", &l, &truth);
+        assert_eq!(a.out_of_order.len(), 1, "{:?}", a.out_of_order);
+        assert!(a.duplicated.is_empty());
+    }
+
+    #[test]
+    fn messages_never_written_or_on_another_channel_are_unexpected() {
+        let (truth, _) = truth(1);
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        deliver(&mut l, 2, key("ghost", 1));
+        l.message(Delivery {
+            channel: "b".into(),
+            epoch: "e1".into(),
+            serial: 1,
+            id: None,
+            key: Some(key("db0", 1)),
+        });
+        let a = account("s", &l, &truth);
+        assert_eq!(a.unexpected.len(), 2, "{:?}", a.unexpected);
+    }
+
+    #[test]
+    fn the_log_itself_is_checked_and_a_subscriber_behind_is_named() {
+        let expected = BTreeMap::from([
+            (key("db0", 1), "a".to_owned()),
+            (key("db0", 2), "a".to_owned()),
+        ]);
+        let log = BTreeMap::from([(
+            "a".to_owned(),
+            ChannelLog {
+                epoch: "e1".into(),
+                items: vec![(1, Some(key("db0", 1))), (2, Some(key("db0", 1)))],
+            },
+        )]);
+        let (_, account) = Truth::new(expected, BTreeMap::new(), &log);
+        assert_eq!(account.missing, ["db0#2 (a)"]);
+        assert_eq!(account.duplicated.len(), 1);
+        let mut l = Ledger::default();
+        deliver(&mut l, 1, key("db0", 1));
+        assert_eq!(behind(&l, &log), ["a at 1 of 2"]);
+    }
+}

@@ -3,6 +3,7 @@
 //! subscribers (dropped, stalled) run beside the schedule, so they overlap with what follows.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::publisher::{burst, Outcome};
 use crate::subscriber::Subscriber;
 use crate::topology::{Topology, SLOT};
 
@@ -74,6 +76,18 @@ pub struct Tally {
     pub problems: Vec<String>,
 }
 
+/// Who sends a burst while a subscriber stalls.
+pub struct Burster {
+    pub base: String,
+    pub channels: Vec<String>,
+    /// Messages per burst.
+    pub size: u64,
+    pub acks: Arc<AtomicU64>,
+    pub outcome: Arc<Mutex<Outcome>>,
+    /// Bursts so far: each has its own writer name (`burstN`), so its keys are in order.
+    pub count: AtomicU64,
+}
+
 pub struct Schedule {
     pub topology: Arc<Topology>,
     pub subscribers: Vec<Arc<AsyncMutex<Subscriber>>>,
@@ -82,6 +96,7 @@ pub struct Schedule {
     pub gap: (Duration, Duration),
     pub tally: Arc<Mutex<Tally>>,
     pub started: Instant,
+    pub burster: Arc<Burster>,
 }
 
 impl Schedule {
@@ -223,11 +238,22 @@ impl Schedule {
                     Ok(format!("{name}, restarted in {away:.1?}"))
                 } else {
                     let pause = Duration::from_millis(rng.random_range(4000..=9000));
+                    let b = self.burster.clone();
+                    let n = b.count.fetch_add(1, Ordering::Relaxed);
+                    let channel = b.channels[rng.random_range(0..b.channels.len())].clone();
+                    let detail = format!(
+                        "{name} for {pause:.1?}, meanwhile a burst of {} on {channel}",
+                        b.size
+                    );
                     beside.spawn(async move {
-                        sub.stall(pause).await;
+                        let writer = format!("burst{n}");
+                        tokio::join!(
+                            sub.stall(pause),
+                            burst(&b.base, &channel, &writer, b.size, &b.acks, &b.outcome)
+                        );
                         Ok(())
                     });
-                    Ok(format!("{name} for {pause:.1?}"))
+                    Ok(detail)
                 }
             }
         }

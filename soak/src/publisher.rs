@@ -108,3 +108,74 @@ impl Publisher {
         }
     }
 }
+
+/// A burst: `n` messages at once on `channel` (REST batches of [`BURST_BATCH`], each retried
+/// with the same ids until acknowledged), keys `WRITER#1` to `WRITER#n`. Sent while a
+/// subscriber stalls, so what it missed overruns the server's live ring and recent buffer and
+/// its socket's buffers: the slow-consumer paths (catch-up from the log, the send timeout).
+pub async fn burst(
+    base: &str,
+    channel: &str,
+    writer: &str,
+    n: u64,
+    acks: &AtomicU64,
+    outcome: &Mutex<Outcome>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client builds");
+    let pad = "x".repeat(BURST_PAD);
+    let url = format!("{base}/v1/channels/{channel}/messages");
+    let mut seq = 1;
+    while seq <= n {
+        let keys: Vec<Key> = (seq..(seq + BURST_BATCH).min(n + 1))
+            .map(|s| Key {
+                writer: writer.to_owned(),
+                seq: s,
+            })
+            .collect();
+        seq += keys.len() as u64;
+        let body: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| json!({"id": format!("{writer}-{}", k.seq), "name": "soak", "data": {"w": writer, "s": k.seq, "pad": pad}}))
+            .collect();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let acked = loop {
+            if Instant::now() > give_up {
+                break false;
+            }
+            match http.post(&url).bearer_auth(KEY).json(&body).send().await {
+                Ok(r) if r.status().as_u16() == 201 => break true,
+                Ok(r)
+                    if r.status().is_client_error()
+                        && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    outcome
+                        .lock()
+                        .unwrap()
+                        .refused
+                        .push(format!("{writer} on {channel}: {status} {text}"));
+                    break false;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let mut outcome = outcome.lock().unwrap();
+        for k in keys {
+            if acked {
+                outcome.acked.insert(k, channel.to_owned());
+                acks.fetch_add(1, Ordering::Relaxed);
+            } else {
+                outcome.unacked.insert(k, channel.to_owned());
+            }
+        }
+    }
+}
+
+/// Messages per REST request of a burst.
+const BURST_BATCH: u64 = 250;
+/// Bytes of filler in each message of a burst.
+const BURST_PAD: usize = 2048;

@@ -12,7 +12,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::{self, examples, ChannelLog, SubscriberAccount, Truth};
-use crate::fault::{Kind, Schedule, Tally};
+use crate::fault::{Burster, Kind, Schedule, Tally};
 use crate::outbox::{self, Writer};
 use crate::publisher::{Outcome, Publisher};
 use crate::subscriber::{JsSubscriber, RustSubscriber, Subscriber};
@@ -54,6 +54,9 @@ pub struct Options {
     /// Transactions (outbox writers) and publishes (REST publishers) per second, per writer.
     #[arg(long, default_value_t = 8.0)]
     rate: f64,
+    /// Messages of the burst published while a subscriber stalls.
+    #[arg(long, default_value_t = 1500)]
+    burst: u64,
     /// Shortest and longest gap between faults, in seconds.
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 4.0])]
     fault_gap: Vec<f64>,
@@ -217,6 +220,14 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         ),
         tally: tally.clone(),
         started,
+        burster: Arc::new(Burster {
+            base: base.clone(),
+            channels: REST_CHANNELS.iter().map(|c| c.to_string()).collect(),
+            size: o.burst,
+            acks: acks.clone(),
+            outcome: outcome.clone(),
+            count: AtomicU64::new(0),
+        }),
     };
     let faults = tokio::spawn(schedule.run(stop_faults.clone()));
 
@@ -224,6 +235,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     let end = started + duration;
     while Instant::now() < end {
         tokio::time::sleep(PROGRESS.min(end - Instant::now())).await;
+        topology.scrape().await;
         let delivered: Vec<u64> = ledgers
             .iter()
             .map(|(_, l)| l.lock().unwrap().messages)
@@ -305,6 +317,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     for s in &subs {
         s.lock().await.stop().await;
     }
+    topology.scrape().await;
     // Anything that arrived while stopping is in the ledgers too.
     let (truth, log_account) = Truth::new(expected, unacked.clone(), &log);
     let accounts: Vec<SubscriberAccount> = ledgers
@@ -322,6 +335,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         log_account: &log_account,
         accounts: &accounts,
         tally: &tally.lock().unwrap(),
+        counters: &topology.counters(),
     });
     if !passed {
         println!(
@@ -343,6 +357,7 @@ struct Report<'a> {
     log_account: &'a account::LogAccount,
     accounts: &'a [SubscriberAccount],
     tally: &'a Tally,
+    counters: &'a crate::topology::Counters,
 }
 
 /// Print the table; answers whether every check held.
@@ -391,6 +406,11 @@ fn report(r: &Report) -> bool {
         if n == 0 {
             ok = false;
         }
+    }
+    println!();
+    println!("  server counters, over every incarnation:");
+    for (series, v) in r.counters {
+        println!("    {series:<60} {v:>8}");
     }
     let never: Vec<&str> = Kind::ALL
         .iter()

@@ -4,6 +4,7 @@
 //! Tidings keeps its data directory across `kill -9`; after each restart on a new port the
 //! clients' proxy is retargeted to it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,20 @@ pub struct Topology {
     data: tempfile::TempDir,
     config: PathBuf,
     tidings: Mutex<Process>,
+    /// Server counters of the incarnations killed so far, summed, and of the running one.
+    counters: std::sync::Mutex<(Counters, Counters)>,
 }
+
+/// Some of the server's Prometheus counters, by series (`name{labels}`).
+pub type Counters = BTreeMap<String, f64>;
+
+/// The counters the report shows: how sessions ended, how catch-up was served, errors.
+const COUNTERS: [&str; 4] = [
+    "tidings_sessions_closed_total",
+    "tidings_catch_up_from_memory_total",
+    "tidings_catch_up_log_pages_total",
+    "tidings_errors_total",
+];
 
 impl Topology {
     /// Start Postgres, apply the outbox migrations (`tidings migrate`), start both proxies and
@@ -93,6 +107,7 @@ send_timeout = "3s"
             data,
             config,
             tidings: Mutex::new(tidings),
+            counters: Default::default(),
         })
     }
 
@@ -110,6 +125,15 @@ send_timeout = "3s"
     /// at it. Answers how long it was down.
     pub async fn kill9_and_restart(&self) -> anyhow::Result<Duration> {
         let mut tidings = self.tidings.lock().await;
+        // Its counters die with it: read them last thing, and keep them.
+        self.scrape_from(&tidings).await;
+        {
+            let mut c = self.counters.lock().unwrap();
+            let current = std::mem::take(&mut c.1);
+            for (k, v) in current {
+                *c.0.entry(k).or_default() += v;
+            }
+        }
         tidings.kill9().await;
         let down = std::time::Instant::now();
         let data_dir = self.data.path().join("data");
@@ -117,6 +141,44 @@ send_timeout = "3s"
         self.client_proxy.retarget(fresh.addr().parse()?);
         *tidings = fresh;
         Ok(down.elapsed())
+    }
+
+    /// Read the running server's counters (kept until the next read).
+    pub async fn scrape(&self) {
+        let tidings = self.tidings.lock().await;
+        self.scrape_from(&tidings).await;
+    }
+
+    async fn scrape_from(&self, tidings: &Process) {
+        let read = async {
+            reqwest::Client::new()
+                .get(format!("{}/metrics", tidings.http()))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await?
+                .text()
+                .await
+        };
+        let Ok(text) = read.await else { return };
+        let current: Counters = text
+            .lines()
+            .filter(|l| COUNTERS.iter().any(|c| l.starts_with(c)))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        self.counters.lock().unwrap().1 = current;
+    }
+
+    /// The server's counters over every incarnation, as of the last read.
+    pub fn counters(&self) -> Counters {
+        let c = self.counters.lock().unwrap();
+        let mut all = c.0.clone();
+        for (k, v) in &c.1 {
+            *all.entry(k.clone()).or_default() += v;
+        }
+        all
     }
 
     /// The last lines Tidings logged (for a failure report).
