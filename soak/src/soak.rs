@@ -57,9 +57,10 @@ pub struct Options {
     /// Messages of the burst published while a subscriber stalls.
     #[arg(long, default_value_t = 1500)]
     burst: u64,
-    /// Shortest and longest gap between faults, in seconds.
-    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [1.0, 4.0])]
-    fault_gap: Vec<f64>,
+    /// Shortest and longest gap between faults, in seconds (default 1 4 for runs up to five
+    /// minutes, 2 8 for longer ones).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    fault_gap: Option<Vec<f64>>,
 }
 
 impl Options {
@@ -92,11 +93,20 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     let seed = o.seed.unwrap_or_else(rand::random);
     let duration = o.duration();
     let exe = o.tidings()?;
-    if o.fault_gap[0] <= 0.0 || o.fault_gap[1] < o.fault_gap[0] {
+    let gap = o.fault_gap.clone().unwrap_or_else(|| {
+        if duration <= Duration::from_secs(300) {
+            vec![1.0, 4.0]
+        } else {
+            vec![2.0, 8.0]
+        }
+    });
+    if gap[0] <= 0.0 || gap[1] < gap[0] {
         bail!("--fault-gap MIN MAX: give 0 < MIN <= MAX seconds");
     }
     println!(
-        "soak: seed {seed}, faults for {duration:?}, {} (rerun with --seed {seed} for the same schedule)",
+        "soak: seed {seed}, faults for {duration:?} every {}..{} s, {} (rerun with --seed {seed} for the same schedule)",
+        gap[0],
+        gap[1],
         exe.display()
     );
     let topology = Arc::new(Topology::start(&exe).await?);
@@ -215,8 +225,8 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         subscribers: subs.clone(),
         seed,
         gap: (
-            Duration::from_secs_f64(o.fault_gap[0]),
-            Duration::from_secs_f64(o.fault_gap[1]),
+            Duration::from_secs_f64(gap[0]),
+            Duration::from_secs_f64(gap[1]),
         ),
         tally: tally.clone(),
         started,
