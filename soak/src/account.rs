@@ -25,6 +25,11 @@ impl ChannelLog {
     pub fn head(&self) -> u64 {
         self.items.last().map_or(0, |i| i.0)
     }
+
+    /// Whether retention removed `serial`: it is below everything the history still holds.
+    fn removed(&self, serial: u64) -> bool {
+        self.items.first().is_none_or(|first| serial < first.0)
+    }
 }
 
 /// Read every channel's whole history from Tidings at `base`.
@@ -77,9 +82,11 @@ pub struct Truth {
 }
 
 impl Truth {
+    /// `serials` are the acknowledged publishes' serials, for those retention removed.
     pub fn new(
         expected: BTreeMap<Key, String>,
         unacked: BTreeMap<Key, String>,
+        serials: &HashMap<Key, u64>,
         log: &BTreeMap<String, ChannelLog>,
     ) -> (Truth, LogAccount) {
         let mut in_log = HashMap::new();
@@ -97,15 +104,28 @@ impl Truth {
                 }
             }
         }
+        let mut removed = Vec::new();
         for (key, channel) in &expected {
+            let acked = serials.get(key);
             match in_log.get(key) {
-                None => account.missing.push(format!("{key} ({channel})")),
+                None => match acked {
+                    Some(s) if log.get(channel).is_some_and(|l| l.removed(*s)) => {
+                        removed.push((key.clone(), (channel.clone(), *s)))
+                    }
+                    _ => account.missing.push(format!("{key} ({channel})")),
+                },
                 Some((c, s)) if c != channel => account.misplaced.push(format!(
                     "{key} written to {channel}, logged on {c} serial {s}"
+                )),
+                Some((_, s)) if acked.is_some_and(|a| a != s) => account.misplaced.push(format!(
+                    "{key} acknowledged with serial {}, logged at serial {s}",
+                    acked.unwrap()
                 )),
                 Some(_) => {}
             }
         }
+        account.removed = removed.len() as u64;
+        in_log.extend(removed);
         (
             Truth {
                 expected,
@@ -128,6 +148,8 @@ pub struct LogAccount {
     pub misplaced: Vec<String>,
     /// Messages on soak channels without a key.
     pub foreign: Vec<String>,
+    /// Acknowledged publishes retention removed (found by their acknowledged serial).
+    pub removed: u64,
 }
 
 /// One subscriber's account.
@@ -294,7 +316,7 @@ mod tests {
                 items: (1..=n).map(|s| (s, Some(key("db0", s)))).collect(),
             },
         )]);
-        Truth::new(expected, BTreeMap::new(), &log)
+        Truth::new(expected, BTreeMap::new(), &HashMap::new(), &log)
     }
 
     fn deliver(ledger: &mut Ledger, serial: u64, k: Key) {
@@ -417,7 +439,7 @@ mod tests {
                 items: vec![(1, Some(key("db0", 1))), (2, Some(key("db0", 1)))],
             },
         )]);
-        let (_, account) = Truth::new(expected, BTreeMap::new(), &log);
+        let (_, account) = Truth::new(expected, BTreeMap::new(), &HashMap::new(), &log);
         assert_eq!(account.missing, ["db0#2 (a)"]);
         assert_eq!(account.duplicated.len(), 1);
         let mut l = Ledger::default();

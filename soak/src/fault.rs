@@ -79,7 +79,10 @@ pub struct Tally {
 /// Who sends a burst while a subscriber stalls.
 pub struct Burster {
     pub base: String,
+    /// Channels that keep everything: a stall's burst goes to one of these or `trimmed`.
     pub channels: Vec<String>,
+    /// Channels whose retention keeps few messages: a dropped subscriber's burst goes there.
+    pub trimmed: Vec<String>,
     /// Messages per burst.
     pub size: u64,
     pub acks: Arc<AtomicU64>,
@@ -225,28 +228,38 @@ impl Schedule {
                     anyhow::bail!("every subscriber is already under a fault");
                 };
                 let name = sub.name().to_owned();
+                let b = self.burster.clone();
+                let n = b.count.fetch_add(1, Ordering::Relaxed);
+                let writer = format!("burst{n}");
                 if kind == Kind::SubscriberDropped {
                     let mut sub = sub;
                     sub.stop().await;
-                    let away = Duration::from_millis(rng.random_range(200..=3000));
+                    // Away while a burst overruns what the trimmed channel keeps.
+                    let channel = b.trimmed[rng.random_range(0..b.trimmed.len())].clone();
+                    let away = Duration::from_millis(rng.random_range(500..=3000));
+                    let detail = format!(
+                        "{name}, restarted in {away:.1?}, meanwhile a burst of {} on {channel}",
+                        b.size
+                    );
                     beside.spawn(async move {
-                        tokio::time::sleep(away).await;
+                        tokio::join!(
+                            tokio::time::sleep(away),
+                            burst(&b.base, &channel, &writer, b.size, &b.acks, &b.outcome)
+                        );
                         sub.start()
                             .await
                             .map_err(|e| format!("{} did not restart: {e}", sub.name()))
                     });
-                    Ok(format!("{name}, restarted in {away:.1?}"))
+                    Ok(detail)
                 } else {
                     let pause = Duration::from_millis(rng.random_range(4000..=9000));
-                    let b = self.burster.clone();
-                    let n = b.count.fetch_add(1, Ordering::Relaxed);
-                    let channel = b.channels[rng.random_range(0..b.channels.len())].clone();
+                    let all: Vec<&String> = b.channels.iter().chain(&b.trimmed).collect();
+                    let channel = all[rng.random_range(0..all.len())].clone();
                     let detail = format!(
                         "{name} for {pause:.1?}, meanwhile a burst of {} on {channel}",
                         b.size
                     );
                     beside.spawn(async move {
-                        let writer = format!("burst{n}");
                         tokio::join!(
                             sub.stall(pause),
                             burst(&b.base, &channel, &writer, b.size, &b.acks, &b.outcome)

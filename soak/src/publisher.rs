@@ -4,7 +4,7 @@
 //! what must be delivered; the one in flight when the soak stops, if it never got its answer,
 //! is "unacknowledged": it may be delivered, but at most once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ pub struct Outcome {
     pub acked: BTreeMap<Key, String>,
     /// Attempted and never acknowledged: key to channel.
     pub unacked: BTreeMap<Key, String>,
+    /// The serial each acknowledged publish got (from the 201 answer): where it was in the log
+    /// even after retention removed it.
+    pub serials: HashMap<Key, u64>,
     /// Refusals that retrying cannot cure (a 4xx other than 429): a bug, reported.
     pub refused: Vec<String>,
 }
@@ -65,16 +68,20 @@ impl Publisher {
             });
             let url = format!("{}/v1/channels/{channel}/messages", self.base);
             let mut give_up: Option<Instant> = None;
-            let acked = loop {
+            let acked: Option<Vec<u64>> = loop {
                 if stop.is_cancelled() && give_up.is_none() {
                     give_up = Some(Instant::now() + drain);
                 }
                 if give_up.is_some_and(|g| Instant::now() > g) {
-                    break false;
+                    break None;
                 }
                 let sent = http.post(&url).bearer_auth(KEY).json(&body).send().await;
                 match sent {
-                    Ok(r) if r.status().as_u16() == 201 => break true,
+                    Ok(r) if r.status().as_u16() == 201 => match serials(r).await {
+                        Some(s) => break Some(s),
+                        // Acknowledged, but the answer was cut: ask again (the id deduplicates).
+                        None => continue,
+                    },
                     Ok(r)
                         if r.status().is_client_error()
                             && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
@@ -86,7 +93,7 @@ impl Publisher {
                             .unwrap()
                             .refused
                             .push(format!("{key} on {channel}: {status} {text}"));
-                        break false;
+                        break None;
                     }
                     // A 5xx, a 429, a timeout, a refused or cut connection: the same id again.
                     _ => tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await,
@@ -94,11 +101,18 @@ impl Publisher {
             };
             {
                 let mut outcome = self.outcome.lock().unwrap();
-                if acked {
-                    outcome.acked.insert(key, channel);
-                    self.acks.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    outcome.unacked.insert(key, channel);
+                match acked.as_deref() {
+                    Some(&[serial]) => {
+                        outcome.serials.insert(key.clone(), serial);
+                        outcome.acked.insert(key, channel);
+                        self.acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(other) => outcome.refused.push(format!(
+                        "{key} on {channel}: 201 with serials {other:?} for one message"
+                    )),
+                    None => {
+                        outcome.unacked.insert(key, channel);
+                    }
                 }
             }
             tokio::select! {
@@ -141,12 +155,15 @@ pub async fn burst(
             .map(|k| json!({"id": format!("{writer}-{}", k.seq), "name": "soak", "data": {"w": writer, "s": k.seq, "pad": pad}}))
             .collect();
         let give_up = Instant::now() + Duration::from_secs(60);
-        let acked = loop {
+        let acked: Option<Vec<u64>> = loop {
             if Instant::now() > give_up {
-                break false;
+                break None;
             }
             match http.post(&url).bearer_auth(KEY).json(&body).send().await {
-                Ok(r) if r.status().as_u16() == 201 => break true,
+                Ok(r) if r.status().as_u16() == 201 => match serials(r).await {
+                    Some(s) => break Some(s),
+                    None => continue,
+                },
                 Ok(r)
                     if r.status().is_client_error()
                         && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
@@ -158,21 +175,42 @@ pub async fn burst(
                         .unwrap()
                         .refused
                         .push(format!("{writer} on {channel}: {status} {text}"));
-                    break false;
+                    break None;
                 }
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
         let mut outcome = outcome.lock().unwrap();
-        for k in keys {
-            if acked {
-                outcome.acked.insert(k, channel.to_owned());
-                acks.fetch_add(1, Ordering::Relaxed);
-            } else {
-                outcome.unacked.insert(k, channel.to_owned());
+        match acked {
+            Some(serials) if serials.len() == keys.len() => {
+                for (k, serial) in keys.into_iter().zip(serials) {
+                    outcome.serials.insert(k.clone(), serial);
+                    outcome.acked.insert(k, channel.to_owned());
+                    acks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(serials) => outcome.refused.push(format!(
+                "{writer} on {channel}: 201 with {} serials for {} messages",
+                serials.len(),
+                keys.len()
+            )),
+            None => {
+                for k in keys {
+                    outcome.unacked.insert(k, channel.to_owned());
+                }
             }
         }
     }
+}
+
+/// The serials of a 201 answer; `None` if its body did not arrive whole.
+async fn serials(answer: reqwest::Response) -> Option<Vec<u64>> {
+    let body: serde_json::Value = answer.json().await.ok()?;
+    body["serials"]
+        .as_array()?
+        .iter()
+        .map(|s| s.as_u64())
+        .collect()
 }
 
 /// Messages per REST request of a burst.

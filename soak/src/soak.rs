@@ -87,6 +87,9 @@ impl Options {
 
 const DB_CHANNELS: [&str; 3] = ["soak:db0", "soak:db1", "soak:db2"];
 const REST_CHANNELS: [&str; 2] = ["soak:rest0", "soak:rest1"];
+/// A channel whose namespace keeps only [`crate::topology::TRIM_KEEP`] messages: bursts
+/// there overrun a subscriber that is away or behind, which must then be told.
+const TRIM_CHANNELS: [&str; 1] = ["soaktrim:burst"];
 
 /// Run the soak; answers whether every check held.
 pub async fn run(o: Options) -> anyhow::Result<bool> {
@@ -113,6 +116,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     let channels: Vec<String> = DB_CHANNELS
         .iter()
         .chain(REST_CHANNELS.iter())
+        .chain(TRIM_CHANNELS.iter())
         .map(|c| c.to_string())
         .collect();
     let base = topology.base();
@@ -233,6 +237,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         burster: Arc::new(Burster {
             base: base.clone(),
             channels: REST_CHANNELS.iter().map(|c| c.to_string()).collect(),
+            trimmed: TRIM_CHANNELS.iter().map(|c| c.to_string()).collect(),
             size: o.burst,
             acks: acks.clone(),
             outcome: outcome.clone(),
@@ -273,9 +278,14 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64()
     );
     let committed = outbox::committed(&topology.pg.url()).await?;
-    let (acked, unacked, refused) = {
+    let (acked, unacked, refused, serials) = {
         let o = outcome.lock().unwrap();
-        (o.acked.clone(), o.unacked.clone(), o.refused.clone())
+        (
+            o.acked.clone(),
+            o.unacked.clone(),
+            o.refused.clone(),
+            o.serials.clone(),
+        )
     };
     let mut expected = committed.clone();
     expected.extend(acked.iter().map(|(k, c)| (k.clone(), c.clone())));
@@ -284,7 +294,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     let caught = Instant::now() + CATCH_UP;
     let log = loop {
         let log = account::read_log(&topology.direct().await, &channels).await?;
-        let (_, log_account) = Truth::new(expected.clone(), unacked.clone(), &log);
+        let (_, log_account) = Truth::new(expected.clone(), unacked.clone(), &serials, &log);
         if log_account.missing.is_empty() {
             break log;
         }
@@ -329,7 +339,7 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
     }
     topology.scrape().await;
     // Anything that arrived while stopping is in the ledgers too.
-    let (truth, log_account) = Truth::new(expected, unacked.clone(), &log);
+    let (truth, log_account) = Truth::new(expected, unacked.clone(), &serials, &log);
     let accounts: Vec<SubscriberAccount> = ledgers
         .iter()
         .map(|(name, l)| account::account(name, &l.lock().unwrap(), &truth))
@@ -383,6 +393,10 @@ fn report(r: &Report) -> bool {
     );
     let in_log: usize = r.log.values().map(|l| l.items.len()).sum();
     println!("  messages in the log        {in_log:>8}");
+    println!(
+        "  removed by retention       {:>8}  (acknowledged; found by their acknowledged serial)",
+        r.log_account.removed
+    );
     println!();
     println!(
         "  {:<10} {:>10} {:>12} {:>11} {:>13} {:>10} {:>9} {:>11}",

@@ -22,6 +22,9 @@ pub const SLOT: &str = "tidings";
 /// noticed after 2.5 of them.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// How many messages the `soaktrim` namespace keeps (retention runs every second).
+pub const TRIM_KEEP: u64 = 300;
+
 /// How long Tidings may take to listen after a start (a restart after `kill -9` reopens the log).
 const LISTEN_WITHIN: Duration = Duration::from_secs(60);
 
@@ -76,6 +79,8 @@ impl Topology {
         // Clean-up off: the outbox table is the ground truth of what was committed. A short
         // network_timeout so a frozen link to Postgres is replaced within the soak's time; a
         // short send_timeout so a subscriber that stops reading is closed (resumable) soon.
+        // One namespace keeps few messages, so a subscriber away during a burst there loses
+        // some and must be told.
         std::fs::write(
             &config,
             format!(
@@ -90,6 +95,12 @@ status_interval = "1s"
 [session]
 heartbeat_interval = "{hb}s"
 send_timeout = "3s"
+
+[retention]
+interval = "1s"
+
+[namespaces.soaktrim]
+max_messages = {TRIM_KEEP}
 "#,
                 url = pg.url_through(pg_proxy.addr()),
                 hb = HEARTBEAT.as_secs(),
