@@ -158,7 +158,14 @@ async fn read(
             }
             Some(Ok(Event::ContinuityLost {
                 reason, position, ..
-            })) => ledger.lost(&channel, format!("{reason:?}"), position),
+            })) => {
+                // As the protocol spells it (`history_expired`), like the JS SDK reports it.
+                let reason = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{reason:?}"));
+                ledger.lost(&channel, reason, position)
+            }
             Some(Ok(other)) => ledger.errors.push(format!(
                 "{channel}: an event the soak does not know: {other:?}"
             )),
