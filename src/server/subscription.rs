@@ -46,8 +46,10 @@ pub struct Attached {
 pub enum Kind {
     /// A `message` frame.
     Message,
-    /// An `attached` frame with `resumed: false, reason: "epoch_changed"`: the channel's
-    /// history restarted while attached; delivery continues in the new epoch.
+    /// An `attached` frame with `resumed: false` while attached: the channel's history
+    /// restarted (`epoch_changed`; delivery continues in the new epoch), or retention removed
+    /// messages the client had not received yet (`history_expired`; delivery continues after
+    /// what the log still holds).
     Reattached,
 }
 
@@ -61,13 +63,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn reattached(channel: &ChannelName, epoch: &str, serial: u64) -> Delivery {
+    fn reattached(
+        channel: &ChannelName,
+        epoch: &str,
+        serial: u64,
+        reason: ContinuityLost,
+    ) -> Delivery {
         let frame = tidings_protocol::ServerFrame::Attached {
             channel: channel.to_string(),
             epoch: epoch.to_owned(),
             serial,
             resumed: false,
-            reason: Some(ContinuityLost::EpochChanged),
+            reason: Some(reason),
         };
         Delivery {
             channel: channel.clone(),
@@ -274,7 +281,12 @@ impl Subscription {
                 att.epoch = epoch.clone();
                 att.last = live.serial;
                 self.behind.retain(|k| *k != key);
-                out.push(Delivery::reattached(&att.channel, &epoch, live.serial));
+                out.push(Delivery::reattached(
+                    &att.channel,
+                    &epoch,
+                    live.serial,
+                    ContinuityLost::EpochChanged,
+                ));
             }
             Ok(live) if live.serial <= att.last => {}
             Ok(live) if live.prev <= att.last && !self.behind.contains(&key) => {
@@ -348,6 +360,23 @@ impl Subscription {
                 &channel,
                 &page.state.epoch,
                 restart,
+                ContinuityLost::EpochChanged,
+            )]));
+        }
+        // Retention removed messages after `after` that this client has not received: say so,
+        // and continue after what the log still holds, never from the first message left as if
+        // nothing were missing. The state is read again after the page: retention raises
+        // `trimmed` before its delete commits, so a page read without those rows sees it here.
+        let trimmed = page.state.trimmed.max(self.log.state(&channel).trimmed);
+        if after < trimmed {
+            if let Some(att) = self.attachments.get_mut(key) {
+                att.last = trimmed;
+            }
+            return Ok(Some(vec![Delivery::reattached(
+                &channel,
+                &page.state.epoch,
+                trimmed,
+                ContinuityLost::HistoryExpired,
             )]));
         }
         let caught_up = page.messages.len() < CATCH_UP_PAGE;
@@ -439,7 +468,86 @@ pub fn format_positions<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use serde_json::value::RawValue;
+
     use super::*;
+    use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
+    use crate::log::{NewMessage, Retention, RetentionPolicy};
+    use crate::metrics::Metrics;
+
+    /// Serials of the messages of an event, and the attached frames in it as `(serial, frame)`.
+    fn split(event: Event) -> (Vec<u64>, Vec<(u64, String)>) {
+        let Event::Messages(batch) = event else {
+            panic!("a delivery failed: {event:?}");
+        };
+        let mut messages = Vec::new();
+        let mut attached = Vec::new();
+        for d in batch {
+            match d.kind {
+                Kind::Message => messages.push(d.serial),
+                Kind::Reattached => attached.push((d.serial, d.frame.to_string())),
+            }
+        }
+        (messages, attached)
+    }
+
+    /// A subscriber reading a long catch-up from the log, page by page, while retention removes
+    /// messages it has not read yet: it is told (an `attached` frame, `history_expired`) and
+    /// continues after what the log still holds, instead of going on from the first message
+    /// left as if nothing were missing. Found by the fault soak (scripts/soak), whose bursts
+    /// overran a namespace that keeps 300 messages.
+    #[tokio::test]
+    async fn retention_overtaking_a_catch_up_is_said_never_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::new(4, Arc::new(Metrics::new())));
+        let options = EmbeddedOptions {
+            dedup_window: Duration::from_secs(3600),
+        };
+        let log: Arc<dyn ChannelLog> =
+            Arc::new(EmbeddedLog::open(dir.path(), options, hub.clone()).unwrap());
+        let channel = ChannelName::parse("trim:1").unwrap();
+        let mut sub = Subscription::new(log.clone(), hub.clone());
+        sub.attach(&channel, None, None);
+        let batch = (0..3000)
+            .map(|i| NewMessage {
+                channel: channel.clone(),
+                id: None,
+                name: None,
+                data: Some(RawValue::from_string(i.to_string()).unwrap()),
+                headers: None,
+            })
+            .collect();
+        log.append(batch, None).await.unwrap();
+        // The live ring holds 4: the first page comes from the log.
+        let (first, attached) = split(sub.next(usize::MAX).await);
+        assert!(attached.is_empty());
+        assert_eq!(first, (1..=1000).collect::<Vec<_>>());
+        // Retention keeps the last 300: 1001 to 2700 are gone before the subscriber read them.
+        let keep = Retention {
+            max_age: None,
+            max_messages: Some(300),
+        };
+        let policy = RetentionPolicy {
+            default: keep,
+            namespaces: Vec::new(),
+        };
+        log.apply_retention(&policy).await.unwrap();
+        let mut messages = Vec::new();
+        let mut told = Vec::new();
+        while messages.last() != Some(&3000) {
+            let (m, a) = split(sub.next(usize::MAX).await);
+            messages.extend(m);
+            told.extend(a);
+        }
+        assert_eq!(told.len(), 1, "told once: {told:?}");
+        let (serial, frame) = &told[0];
+        assert_eq!(*serial, 2700, "continues after what the log holds");
+        assert!(frame.contains("\"history_expired\""), "{frame}");
+        assert!(frame.contains("\"resumed\":false"), "{frame}");
+        assert_eq!(messages, (2701..=3000).collect::<Vec<_>>());
+    }
 
     #[test]
     fn positions_round_trip() {

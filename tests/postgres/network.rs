@@ -182,6 +182,40 @@ async fn a_connection_gone_silent_is_replaced_and_the_stream_goes_on() {
     t.server.wait().await;
 }
 
+/// Postgres sends a keepalive only once it has heard nothing from the connector for half its
+/// `wal_sender_timeout`. With a `network_timeout` at or below that, the replication client's
+/// own idle wake-ups (a status update every `network_timeout`) kept Postgres from ever sending
+/// one, and the connector, hearing nothing, took a healthy idle session for dead and replaced it
+/// every few seconds. Found by the fault soak (scripts/soak), whose settings were exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_session_is_kept_when_network_timeout_is_below_the_keepalive_interval() {
+    // Keepalives every 2 s of quiet from the connector; the connector's timeout is 1 s.
+    let pg = Cluster::start_with("wal_sender_timeout = 4s");
+    pg.migrate().await;
+    let proxy = replication_proxy(&pg).await;
+    let t = InProcess::start_named("keepidle", &pg, |c| {
+        c.url = ConnectionUrl::new(pg.url_through(proxy.addr()));
+        c.network_timeout = Duration::from_secs(1);
+    })
+    .await;
+    write_txns(&pg.url(), "keepidle:1", 0, 1, 1).await;
+    expect_messages(&t.http(), "keepidle:1", 1).await;
+    // Idle for five keepalive intervals.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = tidings_testkit::rest::connector_status(&t.http(), "keepidle").await;
+    assert_eq!(
+        (proxy.tapped_bytes().len(), status["reconnects"].as_u64()),
+        (1, Some(0)),
+        "a healthy idle replication session was replaced: {status}"
+    );
+    // And the session still carries changes.
+    write_txns(&pg.url(), "keepidle:1", 1, 1, 1).await;
+    let items = expect_messages(&t.http(), "keepidle:1", 2).await;
+    assert_exactly_once_in_order(&items, 2, 1);
+    t.server.shutdown();
+    t.server.wait().await;
+}
+
 /// A network cut in the middle of a large transaction, twice: first while its first bytes
 /// arrive (nothing of it in the log yet), then after the replay put its first parts in the
 /// log. Each time the path stays down for a moment (connections reset, new ones refused),

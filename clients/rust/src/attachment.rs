@@ -13,8 +13,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use tidings_protocol::{ContinuityLost, MessageFrame, Position};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use crate::command::Confirm;
 use crate::error::Error;
 use crate::event::{Event, Item};
 use crate::start::Start;
@@ -31,7 +32,7 @@ pub(crate) struct Attachment {
     pub position: Option<Position>,
     /// Included in the current connection (attach sent, or in the SSE/poll request).
     pub live: bool,
-    confirm: Option<oneshot::Sender<Result<(), Error>>>,
+    confirm: Option<Confirm>,
     events: mpsc::Sender<Item>,
     backlog: VecDeque<Item>,
     /// The subscription was dropped: detach at the next opportunity.
@@ -98,8 +99,8 @@ impl Attachments {
         id: u64,
         start: Start,
         events: mpsc::Sender<Item>,
-        confirm: oneshot::Sender<Result<(), Error>>,
-    ) -> Result<(), (Error, oneshot::Sender<Result<(), Error>>)> {
+        confirm: Confirm,
+    ) -> Result<(), (Error, Confirm)> {
         if let Some(a) = self.map.get(&channel) {
             if !a.gone && !a.events.is_closed() {
                 return Err((Error::AlreadyAttached(channel), confirm));
@@ -232,7 +233,7 @@ impl Attachments {
             return;
         };
         let position = Position { epoch, serial };
-        match reason {
+        let attach_point = match reason {
             Some(reason) if !resumed => {
                 push(
                     a,
@@ -242,12 +243,16 @@ impl Attachments {
                         position: position.clone(),
                     }),
                 );
+                None
             }
-            _ => push(a, Item::Attached(position.clone())),
-        }
+            _ => {
+                push(a, Item::Attached(position.clone()));
+                Some(position.clone())
+            }
+        };
         a.position = Some(position);
         if let Some(confirm) = a.confirm.take() {
-            let _ = confirm.send(Ok(()));
+            let _ = confirm.send(Ok(attach_point));
         }
         self.note(channel);
     }
@@ -445,9 +450,12 @@ mod tests {
         channel: &str,
         start: Start,
         capacity: usize,
-    ) -> (mpsc::Receiver<Item>, oneshot::Receiver<Result<(), Error>>) {
+    ) -> (
+        mpsc::Receiver<Item>,
+        tokio::sync::oneshot::Receiver<Result<Option<Position>, Error>>,
+    ) {
         let (tx, rx) = mpsc::channel(capacity);
-        let (ctx, crx) = oneshot::channel();
+        let (ctx, crx) = tokio::sync::oneshot::channel();
         atts.insert(channel.into(), 1, start, tx, ctx).ok().unwrap();
         (rx, crx)
     }

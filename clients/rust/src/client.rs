@@ -234,9 +234,10 @@ impl Client {
             .await
             .map_err(|_| self.closed())?;
         // Built before waiting, so that a cancelled `attach` detaches the channel on drop.
-        let subscription =
+        let mut subscription =
             Subscription::new(channel.to_owned(), id, receiver, self.commands.clone());
-        confirmed.await.map_err(|_| self.closed())??;
+        let attach_point = confirmed.await.map_err(|_| self.closed())??;
+        subscription.attached_at(attach_point);
         Ok(subscription)
     }
 

@@ -48,10 +48,19 @@ impl Subscription {
     }
 
     /// The position reached by what this stream has yielded so far: the epoch and the serial of
-    /// the last message yielded (or of the attach point). Save it to resume later with
+    /// the last message yielded, or of the attach point, known as soon as
+    /// [`Client::attach`](crate::Client::attach) returns (unless continuity was lost: then
+    /// `None` until the stream yields that event). Save it to resume later with
     /// [`Start::From`](crate::Start::From).
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
+    }
+
+    /// Where the server attached the channel, before anything was read from the stream.
+    pub(crate) fn attached_at(&mut self, position: Option<Position>) {
+        if self.position.is_none() {
+            self.position = position;
+        }
     }
 }
 

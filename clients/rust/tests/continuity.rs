@@ -159,3 +159,62 @@ async fn a_reset_while_attached_is_reported_on_sse() {
 async fn a_reset_while_attached_is_reported_on_long_poll() {
     reset_while_attached(Transport::LongPoll).await;
 }
+
+/// `position()` is the attach point as soon as `attach` returns (it used to stay `None` until the
+/// stream was first read, so an application that saved it before any message came had nothing
+/// to resume from, attached `Now` again, and lost what came meanwhile without a word: found by
+/// the fault soak, scripts/soak). A subscriber resuming from it after retention removed
+/// messages after it is told (`history_expired`) and continues after the head, on every
+/// transport, whether the saved position is a message's or a channel's that had none yet.
+async fn resume_past_retention_is_reported(transport: Transport, before: usize) {
+    let t = TestServer::start_with(|c| {
+        c.retention.max_messages = Some(3);
+        c.retention.interval = Duration::from_millis(50);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let data: Vec<Value> = (0..before).map(|i| json!(i)).collect();
+    if before > 0 {
+        publish_data(&http, &t.http(), "trim", &data).await;
+    }
+    let c = client(&t.http()).transports(&[transport]).build().unwrap();
+    let sub = c.attach("trim", Start::Now).await.unwrap();
+    let saved = sub.position().cloned().expect("attached");
+    assert_eq!(saved.serial, before as u64);
+    drop(sub);
+    c.close().await;
+    let data: Vec<Value> = (0..10).map(|i| json!(i)).collect();
+    publish_data(&http, &t.http(), "trim", &data).await;
+    let head = before as u64 + 10;
+    // Retention keeps the last 3.
+    let trimmed = tidings_testkit::wait_for(tidings_testkit::WAIT, || {
+        let state = t.server.log().state(&ChannelName::parse("trim").unwrap());
+        (state.trimmed == head - 3).then_some(())
+    })
+    .await;
+    assert!(trimmed.is_some(), "retention never ran");
+    let c = client(&t.http()).transports(&[transport]).build().unwrap();
+    let mut sub = c.attach("trim", Start::From(saved)).await.unwrap();
+    match next_event(&mut sub).await {
+        Event::ContinuityLost {
+            reason, position, ..
+        } => {
+            assert_eq!(reason, ContinuityLost::HistoryExpired, "{transport}");
+            assert_eq!(
+                position.serial, head,
+                "{transport}: continues after the head"
+            );
+        }
+        other => panic!("{transport}, saved at {before}: expected continuity lost, got {other:?}"),
+    }
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_retention_is_a_typed_event_on_every_transport() {
+    for transport in Transport::ALL {
+        for before in [0, 2] {
+            resume_past_retention_is_reported(transport, before).await;
+        }
+    }
+}

@@ -764,11 +764,13 @@ impl Source for PostgresSource {
             .with_status_interval(self.config.status_interval)
             // With keepalives the connector stays quiet between confirmations, so that
             // Postgres sends them (it does once it has heard nothing for half its
-            // wal_sender_timeout); without, it sends a status update whenever idle this long.
-            .with_wakeup_interval(if self.keepalive_every.is_some() {
-                limit
-            } else {
-                self.config.status_interval
+            // wal_sender_timeout): the client's own idle status update must come later than
+            // that, or it restarts Postgres' clock and no keepalive ever comes (as one every
+            // `network_timeout` did when that was the shorter). Without keepalives it sends a
+            // status update whenever idle this long.
+            .with_wakeup_interval(match self.keepalive_every {
+                Some(every) => limit.max(every * 2),
+                None => self.config.status_interval,
             });
         if self.durable > 0 {
             cfg = cfg.with_ack_lsn(PgLsn::from_u64(self.durable));

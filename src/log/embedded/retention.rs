@@ -54,19 +54,36 @@ pub(super) fn retain(
         if cut <= meta.trimmed {
             continue;
         }
-        let tx = conn.transaction()?;
-        let removed = tx.execute(
-            "DELETE FROM messages WHERE channel_id = ?1 AND serial <= ?2",
-            params![meta.id, cut as i64],
-        )?;
-        tx.execute(
-            "UPDATE channels SET trimmed = ?1 WHERE id = ?2",
-            params![cut as i64, meta.id],
-        )?;
-        tx.commit()?;
-        if let Some(m) = shared.channels.write().get_mut(&name) {
+        // Raised before the rows go, so a reader that found them gone sees `trimmed` cover them
+        // when it looks after its read (a catch-up tells its client, never skips); put back if
+        // the delete fails.
+        let before = shared.channels.write().get_mut(&name).map(|m| {
+            let before = m.trimmed;
             m.trimmed = m.trimmed.max(cut);
-        }
+            before
+        });
+        let deleted = (|| {
+            let tx = conn.transaction()?;
+            let removed = tx.execute(
+                "DELETE FROM messages WHERE channel_id = ?1 AND serial <= ?2",
+                params![meta.id, cut as i64],
+            )?;
+            tx.execute(
+                "UPDATE channels SET trimmed = ?1 WHERE id = ?2",
+                params![cut as i64, meta.id],
+            )?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(removed)
+        })();
+        let removed = match deleted {
+            Ok(removed) => removed,
+            Err(e) => {
+                if let (Some(before), Some(m)) = (before, shared.channels.write().get_mut(&name)) {
+                    m.trimmed = before;
+                }
+                return Err(e.into());
+            }
+        };
         report.channels_trimmed += 1;
         report.messages_removed += removed as u64;
         tracing::debug!(channel = %name, trimmed = cut, removed, "retention applied");
