@@ -1,10 +1,12 @@
 //! The channel log: durable, ordered history of every channel.
 //!
 //! [`ChannelLog`] is the boundary between the server and storage. The embedded implementation
-//! ([`embedded::EmbeddedLog`], SQLite in WAL mode) is the default; a distributed one can take its
-//! place behind the same trait.
+//! ([`embedded::EmbeddedLog`], SQLite in WAL mode) is the default; the cluster one
+//! ([`jetstream::JetStreamLog`], NATS JetStream) takes its place behind the same trait when the
+//! server runs with `--nats`.
 
 pub mod embedded;
+pub mod jetstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +108,11 @@ pub trait AppendObserver: Send + Sync {
     /// `channel`'s history restarted under `epoch`; its head stays `head` (serials keep
     /// increasing across epochs) and nothing before it can be resumed.
     fn reset(&self, channel: &ChannelName, epoch: &Arc<str>, head: u64);
+
+    /// Messages may have been lost on their way to the observer (the cluster log's live feed
+    /// reconnected or fell behind): every subscriber must check the log for what it missed.
+    /// The embedded log never calls it.
+    fn resync(&self) {}
 }
 
 /// Errors of the log. None of them means an acknowledged message was lost.
@@ -124,6 +131,13 @@ pub enum LogError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The distributed log could not be reached or did not answer in time.
+    #[error("the cluster's log is unavailable ({0}); nothing in this request was acknowledged: retry, and check that the NATS servers are up and reachable")]
+    Unavailable(String),
+    /// Another writer moved `source`'s checkpoint since this one read it: this writer's batch
+    /// was refused, nothing of it was stored. It must re-read the checkpoint before writing.
+    #[error("the checkpoint of {connector} was moved by another writer; this batch was refused and nothing of it stored (the connector restarts from the stored checkpoint)")]
+    Fenced { connector: String },
 }
 
 impl From<rusqlite::Error> for LogError {
@@ -141,6 +155,8 @@ impl From<rusqlite::Error> for LogError {
 /// - Per channel, serials strictly increase in commit order. Messages of one call keep their order.
 /// - After a crash, the log opens with every answered append present exactly once.
 /// - Observers see each commit's messages after they are durable, in commit order.
+/// - Serials may have gaps within a channel (the cluster log's serials are stream sequences);
+///   callers never count messages by subtracting serials.
 #[async_trait::async_trait]
 pub trait ChannelLog: Send + Sync + 'static {
     /// Append `messages` and store `checkpoint` atomically. One [`Appended`] per message.
@@ -151,7 +167,8 @@ pub trait ChannelLog: Send + Sync + 'static {
     ) -> Result<Vec<Appended>, LogError>;
 
     /// Current state of a channel (a channel never written has head 0 and the log's base epoch).
-    fn state(&self, channel: &ChannelName) -> ChannelState;
+    /// Everything appended and answered before this call is at or below the head it returns.
+    async fn state(&self, channel: &ChannelName) -> Result<ChannelState, LogError>;
 
     /// Up to `limit` messages with serial greater than `after`, ascending.
     async fn read(
