@@ -19,6 +19,7 @@ use crate::config::{Config, Resolved};
 use crate::connector::{ConnectorRegistry, Sources};
 use crate::hub::Hub;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
+use crate::log::jetstream::{ClusterError, JetStreamLog, JetStreamOptions};
 use crate::log::{ChannelLog, LogError};
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
@@ -33,6 +34,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error(
         "cannot listen on {addr}: {source}; choose another address with --listen or TIDINGS_LISTEN"
     )]
@@ -85,13 +88,28 @@ impl Server {
         let (config, _) = config.into_parts();
         let config = Arc::new(config);
         let hub = Arc::new(Hub::new(config.session.live_buffer, metrics.clone()));
-        let log: Arc<dyn ChannelLog> = Arc::new(EmbeddedLog::open(
-            &config.data_dir,
-            EmbeddedOptions {
-                dedup_window: config.retention.dedup_window,
-            },
-            hub.clone(),
-        )?);
+        let log: Arc<dyn ChannelLog> = if config.cluster.enabled() {
+            Arc::new(
+                JetStreamLog::open(
+                    JetStreamOptions {
+                        servers: config.cluster.servers.clone(),
+                        node: config.cluster.node(),
+                        replicas: config.cluster.replicas,
+                        dedup_window: config.retention.dedup_window,
+                    },
+                    hub.clone(),
+                )
+                .await?,
+            )
+        } else {
+            Arc::new(EmbeddedLog::open(
+                &config.data_dir,
+                EmbeddedOptions {
+                    dedup_window: config.retention.dedup_window,
+                },
+                hub.clone(),
+            )?)
+        };
         let auth = Arc::new(Authenticator::new(
             config.api_keys(),
             &config.public_namespaces(),
