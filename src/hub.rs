@@ -366,4 +366,27 @@ mod tests {
         hub.reset(&ch, &Arc::from("e2"), 7);
         assert_eq!(serials(7), None);
     }
+
+    #[tokio::test]
+    async fn a_hole_in_the_feed_is_never_bridged_from_memory() {
+        let hub = Hub::new(8, Arc::new(Metrics::new()));
+        let ch = ChannelName::parse("c").unwrap();
+        let mut rx = hub.subscribe(&ch);
+        hub.appended(&ch, 0, &stored(3..=4));
+        // The cluster feed lost 7 (between 4 and 9): memory starts afresh at 9.
+        hub.appended(&ch, 7, &stored(9..=9));
+        assert!(
+            hub.recent_after(&ch, 4).is_none(),
+            "7 is not held: read the log"
+        );
+        assert_eq!(hub.recent_after(&ch, 7).map(|v| v.len()), Some(1));
+        // A possible loss anywhere: memory is dropped and every subscriber is told to check.
+        hub.resync();
+        assert!(hub.recent_after(&ch, 9).is_none());
+        let mut last = None;
+        while let Ok(live) = rx.try_recv() {
+            last = Some(live);
+        }
+        assert!(last.expect("a resync notice").resync);
+    }
 }

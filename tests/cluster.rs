@@ -371,3 +371,121 @@ async fn a_node_refuses_to_start_on_nats_it_cannot_use() {
         let _ = old.start_kill();
     }
 }
+
+/// The cluster log opened in this process, as a node opens it, feeding a real hub.
+async fn open_log(nats: &Cluster, node: &str) -> tidings::log::jetstream::JetStreamLog {
+    let hub = Arc::new(tidings::hub::Hub::new(
+        64,
+        Arc::new(tidings::metrics::Metrics::new()),
+    ));
+    tidings::log::jetstream::JetStreamLog::open(
+        tidings::log::jetstream::JetStreamOptions {
+            servers: nats.urls().split(',').map(str::to_owned).collect(),
+            node: node.into(),
+            replicas: 3,
+            dedup_window: Duration::from_secs(120),
+        },
+        hub,
+    )
+    .await
+    .expect("the cluster log opens")
+}
+
+fn messages(channel: &str, n: usize, tag: &str) -> Vec<tidings::log::NewMessage> {
+    (0..n)
+        .map(|i| tidings::log::NewMessage {
+            channel: tidings::channel::ChannelName::parse(channel).unwrap(),
+            id: None,
+            name: Some(tag.into()),
+            data: Some(serde_json::value::to_raw_value(&i).unwrap()),
+            headers: None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_batch_commits_with_its_checkpoint_and_a_stale_writer_stores_nothing() {
+    use tidings::log::{ChannelLog, LogError};
+    use tidings_connectors_core::{Checkpoint, SourcePosition};
+    let nats = Cluster::start().await.expect("a NATS cluster");
+    let (a, b) = (open_log(&nats, "a").await, open_log(&nats, "b").await);
+    let ch = tidings::channel::ChannelName::parse("feed:1").unwrap();
+    let cp = |lsn| Checkpoint {
+        source: "pg".into(),
+        position: SourcePosition::PostgresLsn(lsn),
+    };
+
+    // Both writers start from the same (empty) checkpoint, as two nodes running one connector.
+    assert_eq!(a.checkpoint("pg").await.unwrap(), None);
+    assert_eq!(b.checkpoint("pg").await.unwrap(), None);
+    let first = a
+        .append(messages("feed:1", 3, "a1"), Some(cp(10)))
+        .await
+        .unwrap();
+    let serials: Vec<u64> = first.iter().map(|x| x.serial).collect();
+    assert!(
+        serials.windows(2).all(|w| w[1] == w[0] + 1),
+        "one atomic batch: {serials:?}"
+    );
+    // The stale writer is refused and stores nothing, not even part of its batch.
+    match b.append(messages("feed:1", 3, "b1"), Some(cp(10))).await {
+        Err(LogError::Fenced { connector }) => assert_eq!(connector, "pg"),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let page = a.read(&ch, 0, 100).await.unwrap();
+    let names: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a1"; 3]);
+    // Having re-read the checkpoint (as the runner does on restart), it goes on from there.
+    assert_eq!(
+        b.checkpoint("pg").await.unwrap(),
+        Some(SourcePosition::PostgresLsn(10))
+    );
+    b.append(messages("feed:1", 2, "b2"), Some(cp(20)))
+        .await
+        .unwrap();
+    // ...and now the first writer is the stale one.
+    assert!(matches!(
+        a.append(messages("feed:1", 1, "a2"), Some(cp(20))).await,
+        Err(LogError::Fenced { .. })
+    ));
+
+    // A transaction larger than one atomic batch is written in parts, each with the checkpoint.
+    b.append(messages("feed:1", 2500, "big"), Some(cp(30)))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.checkpoint("pg").await.unwrap(),
+        Some(SourcePosition::PostgresLsn(30))
+    );
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = a.read(&ch, after, 1000).await.unwrap();
+        let Some(last) = page.messages.last() else {
+            break;
+        };
+        after = last.serial;
+        all.extend(page.messages);
+    }
+    let count = |tag: &str| {
+        all.iter()
+            .filter(|m| m.name.as_deref() == Some(tag))
+            .count()
+    };
+    assert_eq!(
+        (
+            count("a1"),
+            count("b1"),
+            count("b2"),
+            count("a2"),
+            count("big")
+        ),
+        (3, 0, 2, 0, 2500)
+    );
+    assert!(all.windows(2).all(|w| w[0].serial < w[1].serial));
+    assert_eq!(a.state(&ch).await.unwrap().head, all.last().unwrap().serial);
+}

@@ -111,6 +111,8 @@ struct KnownCheckpoint {
 /// The [`ChannelLog`] of cluster mode.
 pub struct JetStreamLog {
     client: Client,
+    /// This node's id, in the checkpoints it writes.
+    node: String,
     stream: jetstream::stream::Stream,
     base_epoch: Arc<str>,
     /// Per connector this node writes for: bounded by the configured connectors.
@@ -203,7 +205,18 @@ impl JetStreamLog {
         let js = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
-        let stream = ensure_stream(&js, &options).await?;
+        // Right after the NATS cluster starts (or loses its meta leader) stream requests can
+        // time out: keep trying for a while before telling the operator.
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let stream = loop {
+            match ensure_stream(&js, &options).await {
+                Err(ClusterError::Stream { problem }) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(%problem, "JetStream not ready yet; retrying");
+                    tokio::time::sleep(RETRY_PAUSE * 5).await;
+                }
+                other => break other?,
+            }
+        };
         let config = &stream.cached_info().config;
         let base_epoch: Arc<str> = match config.metadata.get(EPOCH_KEY) {
             Some(e) => Arc::from(e.as_str()),
@@ -250,6 +263,7 @@ impl JetStreamLog {
         );
         Ok(JetStreamLog {
             client,
+            node: options.node.clone(),
             stream,
             base_epoch,
             checkpoints: Mutex::new(HashMap::new()),
@@ -395,6 +409,7 @@ impl JetStreamLog {
                 record: CheckpointRecord {
                     position: None,
                     partial: None,
+                    writer: String::new(),
                 },
             });
         };
@@ -530,10 +545,12 @@ impl JetStreamLog {
         let mut done = skip;
         for (k, part) in parts.iter().enumerate() {
             done += part.len();
+            let writer = format!("{}/{:016x}", self.node, rand::random::<u64>());
             let record = if k + 1 == parts.len() {
                 CheckpointRecord {
                     position: Some(checkpoint.position.clone()),
                     partial: None,
+                    writer,
                 }
             } else {
                 CheckpointRecord {
@@ -542,6 +559,7 @@ impl JetStreamLog {
                         target: checkpoint.position.clone(),
                         done,
                     }),
+                    writer,
                 }
             };
             let first_seq = self

@@ -84,6 +84,10 @@ pub struct CheckpointRecord {
     pub position: Option<SourcePosition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<Partial>,
+    /// Who wrote it: the node and a nonce of this one write, so that a writer whose ack was
+    /// lost recognises its own record, and never mistakes another writer's for it.
+    #[serde(default)]
+    pub writer: String,
 }
 
 /// Progress through a source batch written in parts.
