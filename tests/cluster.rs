@@ -374,21 +374,33 @@ async fn a_node_refuses_to_start_on_nats_it_cannot_use() {
 
 /// The cluster log opened in this process, as a node opens it, feeding a real hub.
 async fn open_log(nats: &Cluster, node: &str) -> tidings::log::jetstream::JetStreamLog {
+    open_with_hub(nats, node).await.0
+}
+
+/// [`open_log`], and the hub it feeds.
+async fn open_with_hub(
+    nats: &Cluster,
+    node: &str,
+) -> (
+    tidings::log::jetstream::JetStreamLog,
+    Arc<tidings::hub::Hub>,
+) {
     let hub = Arc::new(tidings::hub::Hub::new(
         64,
         Arc::new(tidings::metrics::Metrics::new()),
     ));
-    tidings::log::jetstream::JetStreamLog::open(
+    let log = tidings::log::jetstream::JetStreamLog::open(
         tidings::log::jetstream::JetStreamOptions {
             servers: nats.urls().split(',').map(str::to_owned).collect(),
             node: node.into(),
             replicas: 3,
             dedup_window: Duration::from_secs(120),
         },
-        hub,
+        hub.clone(),
     )
     .await
-    .expect("the cluster log opens")
+    .expect("the cluster log opens");
+    (log, hub)
 }
 
 fn messages(channel: &str, n: usize, tag: &str) -> Vec<tidings::log::NewMessage> {
@@ -488,4 +500,56 @@ async fn a_connector_batch_commits_with_its_checkpoint_and_a_stale_writer_stores
     );
     assert!(all.windows(2).all(|w| w[0].serial < w[1].serial));
     assert_eq!(a.state(&ch).await.unwrap().head, all.last().unwrap().serial);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_starts_a_new_epoch_seen_by_every_node() {
+    use tidings::log::ChannelLog;
+    let nats = Cluster::start().await.expect("a NATS cluster");
+    let a = open_log(&nats, "a").await;
+    let (b, hub) = open_with_hub(&nats, "b").await;
+    let ch = tidings::channel::ChannelName::parse("reset:1").unwrap();
+    let mut live = hub.subscribe(&ch);
+    let before = b.state(&ch).await.unwrap();
+    let appended = a.append(messages("reset:1", 3, "old"), None).await.unwrap();
+    a.reset(vec![ch.clone()]).await.unwrap();
+
+    // Node b's hub hears the messages, then the reset, from the stream.
+    let mut seen = Vec::new();
+    let reset = loop {
+        let l = tokio::time::timeout(tidings_testkit::WAIT, live.recv())
+            .await
+            .expect("the live feed delivers")
+            .unwrap();
+        match &l.reset {
+            Some(epoch) => break (epoch.clone(), l.serial),
+            None => seen.push(l.serial),
+        }
+    };
+    assert_eq!(seen, appended.iter().map(|x| x.serial).collect::<Vec<_>>());
+    let after = b.state(&ch).await.unwrap();
+    assert_ne!(after.epoch, before.epoch, "a new epoch");
+    assert_eq!(
+        (after.epoch.clone(), after.head),
+        reset,
+        "the reset names the new epoch and head"
+    );
+    assert_eq!(
+        after.trimmed, after.head,
+        "nothing before the reset can be resumed"
+    );
+    assert!(b.read(&ch, 0, 100).await.unwrap().messages.is_empty());
+    // The history goes on under the new epoch, on every node.
+    let next = a.append(messages("reset:1", 1, "new"), None).await.unwrap();
+    let page = b.read(&ch, after.head, 100).await.unwrap();
+    assert_eq!(page.state.epoch, after.epoch);
+    assert_eq!(
+        page.messages.iter().map(|m| m.serial).collect::<Vec<_>>(),
+        vec![next[0].serial]
+    );
+    assert_eq!(
+        a.state(&ch).await.unwrap().epoch,
+        after.epoch,
+        "the same epoch on node a"
+    );
 }
