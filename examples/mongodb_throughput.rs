@@ -147,7 +147,11 @@ async fn drain(
     let before = in_log(log.as_ref(), stores).await;
     let shutdown = CancellationToken::new();
     let t = Instant::now();
-    let runner = tokio::spawn(run(source, options(name), log.clone(), shutdown.clone()));
+    let (opts, runner_log, stop) = (options(name), log.clone(), shutdown.clone());
+    let runner = tokio::spawn(async move {
+        let mut source = source;
+        run(source.as_mut(), &opts, runner_log, stop).await
+    });
     while in_log(log.as_ref(), stores).await - before < more {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -336,12 +340,11 @@ async fn main() {
         "mongodb:bench",
     )
     .unwrap();
-    let runner = tokio::spawn(run(
-        Box::new(source),
-        options("bench"),
-        dyn_log.clone(),
-        shutdown.clone(),
-    ));
+    let (opts, runner_log, stop) = (options("bench"), dyn_log.clone(), shutdown.clone());
+    let runner = tokio::spawn(async move {
+        let mut source = source;
+        run(&mut source, &opts, runner_log, stop).await
+    });
     let start = wait_checkpoint(&log, "bench").await;
     shutdown.cancel();
     runner.await.unwrap();

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// Copies JetStream keeps of every message in cluster mode: 1, 3 (default) or 5.
     #[arg(long, env = "TIDINGS_NATS_REPLICAS")]
     pub nats_replicas: Option<usize>,
+    /// Cluster mode: how long a connector's lease lasts without renewal, e.g. "15s" (the
+    /// default): another node takes the connector over at most this long after its node died.
+    #[arg(long, env = "TIDINGS_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// Flags of `tidings migrate`.
@@ -189,6 +193,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.nats_replicas {
             config.cluster.replicas = v;
+        }
+        if let Some(v) = self.lease_ttl {
+            config.cluster.lease_ttl = v;
         }
         if let Some(v) = self.max_message_bytes {
             config.limits.max_message_bytes = v;

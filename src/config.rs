@@ -146,7 +146,14 @@ pub struct ClusterConfig {
     pub node_id: Option<String>,
     /// Copies JetStream keeps of every message: 1, 3 or 5, at most the number of servers.
     pub replicas: usize,
+    /// A connector runs on the node holding its lease; another node takes over at most this
+    /// long after the holder stopped renewing it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
+
+/// How long a connector lease lasts without renewal unless configured.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -154,6 +161,7 @@ impl Default for ClusterConfig {
             servers: Vec::new(),
             node_id: None,
             replicas: DEFAULT_CLUSTER_REPLICAS,
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -575,6 +583,12 @@ impl Config {
                     "is {}; JetStream keeps 1, 3 or 5 replicas (3 survives losing one NATS server)",
                     c.replicas
                 ),
+            ));
+        }
+        if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&c.lease_ttl) {
+            return Err(invalid(
+                "cluster.lease_ttl",
+                "must be between 2s and 1h (it is how long a connector is down when its node dies)",
             ));
         }
         if let Some(id) = &c.node_id {

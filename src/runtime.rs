@@ -20,7 +20,7 @@ use crate::connector::{ConnectorRegistry, Sources};
 use crate::hub::Hub;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
 use crate::log::jetstream::{ClusterError, JetStreamLog, JetStreamOptions};
-use crate::log::{ChannelLog, LogError};
+use crate::log::{ChannelLog, Leases, LogError};
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
 
@@ -88,9 +88,10 @@ impl Server {
         let (config, _) = config.into_parts();
         let config = Arc::new(config);
         let hub = Arc::new(Hub::new(config.session.live_buffer, metrics.clone()));
-        let log: Arc<dyn ChannelLog> = if config.cluster.enabled() {
-            Arc::new(
-                JetStreamLog::open(
+        // The one place that knows which log there is: the server above sees the trait.
+        let (log, leases): (Arc<dyn ChannelLog>, Option<Arc<dyn Leases>>) =
+            if config.cluster.enabled() {
+                let log = JetStreamLog::open(
                     JetStreamOptions {
                         servers: config.cluster.servers.clone(),
                         node: config.cluster.node(),
@@ -99,17 +100,19 @@ impl Server {
                     },
                     hub.clone(),
                 )
-                .await?,
-            )
-        } else {
-            Arc::new(EmbeddedLog::open(
-                &config.data_dir,
-                EmbeddedOptions {
-                    dedup_window: config.retention.dedup_window,
-                },
-                hub.clone(),
-            )?)
-        };
+                .await?;
+                let leases = log.leases(config.cluster.lease_ttl).await?;
+                (Arc::new(log), Some(Arc::new(leases)))
+            } else {
+                let log = EmbeddedLog::open(
+                    &config.data_dir,
+                    EmbeddedOptions {
+                        dedup_window: config.retention.dedup_window,
+                    },
+                    hub.clone(),
+                )?;
+                (Arc::new(log), None)
+            };
         let auth = Arc::new(Authenticator::new(
             config.api_keys(),
             &config.public_namespaces(),
@@ -167,10 +170,19 @@ impl Server {
         let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (opts, src) in sources {
             let (log, shutdown, failures) = (log.clone(), shutdown.clone(), failures.clone());
+            let leases = leases.clone();
             let metrics = state.metrics.clone();
             connectors.spawn(async move {
                 let name = opts.name.clone();
-                if let Some(e) = crate::source::run(src, opts, log, shutdown).await {
+                let failure = match leases {
+                    // Cluster mode: run it while this node holds its lease.
+                    Some(leases) => crate::lease::run(src, opts, log, leases, shutdown).await,
+                    None => {
+                        let mut src = src;
+                        crate::source::run(src.as_mut(), &opts, log, shutdown).await
+                    }
+                };
+                if let Some(e) = failure {
                     // A source that needs the operator stops alone: the rest of the server
                     // (its log, REST publishers, the other connectors) goes on. Its status,
                     // `/readyz` and the metric say so until the operator fixes it.

@@ -115,6 +115,35 @@ pub trait AppendObserver: Send + Sync {
     fn resync(&self) {}
 }
 
+/// What trying to take a lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This node holds it now; the token is what renewing and releasing it need.
+    Taken(u64),
+    /// Another node holds it (its id, as it wrote it).
+    HeldBy(String),
+}
+
+/// Who runs which connector in a cluster: one node at a time, under a lease that lapses unless
+/// renewed within [`ttl`](Leases::ttl). The lease decides who *should* write; the checkpoint's
+/// compare-and-set in [`ChannelLog::append`] is what refuses a writer that lost it (fencing).
+/// The cluster log keeps them in the same engine; a single node needs none.
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// How long a lease lasts without renewal.
+    fn ttl(&self) -> Duration;
+
+    /// Take the lease on `name` unless another node holds it.
+    async fn acquire(&self, name: &str) -> Result<Acquired, LogError>;
+
+    /// Renew the lease on `name` held with `token`: the new token, or `None` when it was lost
+    /// (it lapsed, and maybe another node took it).
+    async fn renew(&self, name: &str, token: u64) -> Result<Option<u64>, LogError>;
+
+    /// Give the lease up (on shutdown), so another node takes over at once.
+    async fn release(&self, name: &str, token: u64);
+}
+
 /// Errors of the log. None of them means an acknowledged message was lost.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

@@ -20,6 +20,7 @@
 //! of each connector this node writes for.
 
 mod feed;
+mod leases;
 mod publish;
 mod record;
 pub mod subjects;
@@ -47,6 +48,8 @@ use crate::log::{
 };
 use publish::{code, Ack, Failure, Outgoing, MAX_BATCH};
 use record::{CheckpointRecord, EpochRecord, Partial, EPOCH_HEADER};
+
+pub use leases::KvLeases;
 
 /// The stream every node shares.
 pub const STREAM: &str = "TIDINGS";
@@ -111,6 +114,7 @@ struct KnownCheckpoint {
 /// The [`ChannelLog`] of cluster mode.
 pub struct JetStreamLog {
     client: Client,
+    js: jetstream::Context,
     /// This node's id, in the checkpoints it writes.
     node: String,
     stream: jetstream::stream::Stream,
@@ -162,6 +166,9 @@ impl JetStreamLog {
         }
         let servers = options.servers.join(",");
         let (lost_tx, lost_rx) = mpsc::channel(4);
+        // The first `Connected` is the initial connection, before the feed subscribed: only a
+        // later one (a reconnect) can have lost messages.
+        let connected_before = Arc::new(AtomicBool::new(false));
         let connect = ConnectOptions::new()
             .name(format!("tidings {}", options.node))
             .connection_timeout(REQUEST_TIMEOUT)
@@ -169,9 +176,13 @@ impl JetStreamLog {
             .max_reconnects(None)
             .event_callback(move |event| {
                 let lost = lost_tx.clone();
+                let connected_before = connected_before.clone();
                 async move {
                     let why = match event {
-                        Event::Connected => Some(feed::Lost::Reconnected),
+                        Event::Connected if connected_before.swap(true, Ordering::SeqCst) => {
+                            Some(feed::Lost::Reconnected)
+                        }
+                        Event::Connected => None,
                         Event::SlowConsumer(_) => Some(feed::Lost::SlowConsumer),
                         Event::Disconnected => {
                             tracing::warn!("lost the connection to NATS; reconnecting");
@@ -263,6 +274,7 @@ impl JetStreamLog {
         );
         Ok(JetStreamLog {
             client,
+            js,
             node: options.node.clone(),
             stream,
             base_epoch,
@@ -270,6 +282,13 @@ impl JetStreamLog {
             closed: AtomicBool::new(false),
             shutdown,
         })
+    }
+
+    /// This node's connector leases, `ttl` long, kept in the same JetStream (with the stream's
+    /// replicas).
+    pub async fn leases(&self, ttl: Duration) -> Result<KvLeases, ClusterError> {
+        let replicas = self.stream.cached_info().config.num_replicas;
+        KvLeases::open(&self.js, &self.node, ttl, replicas).await
     }
 
     fn check_open(&self) -> Result<(), LogError> {
