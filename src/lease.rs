@@ -20,6 +20,9 @@ use crate::source::SourceOptions;
 /// when that is shorter): room for a clock that runs a little fast and for the stop itself.
 const MARGIN: Duration = Duration::from_secs(2);
 
+/// How long a source that lost its lease may go on finishing the batch in flight.
+const ABANDON_AFTER: Duration = Duration::from_secs(1);
+
 /// Run `source` whenever this node holds its lease, until `shutdown` or a fatal error (which
 /// it returns, after giving the lease up).
 pub async fn run(
@@ -54,8 +57,31 @@ pub async fn run(
         tracing::info!(connector = %opts.name, lease = ?ttl, "took the connector's lease; running it here");
         let lost = shutdown.child_token();
         let keeper = tokio::spawn(keep(leases.clone(), opts.name.clone(), token, lost.clone()));
-        let failure = crate::source::run(source.as_mut(), &opts, log.clone(), lost.clone()).await;
+        let failure = {
+            let running = crate::source::run(source.as_mut(), &opts, log.clone(), lost.clone());
+            tokio::pin!(running);
+            // On shutdown the runner finishes its batch; on a lost lease a batch still being
+            // written (NATS cut off) is abandoned after a moment: were it to land later, the
+            // checkpoint's compare-and-set refuses it.
+            let abandon = async {
+                lost.cancelled().await;
+                if shutdown.is_cancelled() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(ABANDON_AFTER).await;
+            };
+            tokio::select! {
+                failure = &mut running => failure,
+                () = abandon => {
+                    tracing::warn!(connector = %opts.name, "abandoned the batch in flight when the lease was lost");
+                    None
+                }
+            }
+        };
         lost.cancel();
+        // Let go of the database's feed (a Postgres slot takes one reader at a time): the next
+        // holder needs it.
+        source.stop().await;
         let token = keeper.await.ok().flatten();
         if shutdown.is_cancelled() || failure.is_some() {
             if let Some(token) = token {

@@ -157,3 +157,74 @@ async fn one_node_runs_the_connector_and_another_takes_over_when_it_dies() {
     );
     eprintln!("lease {lease:?}: took over {took_over:?} after the kill, first new message after {first_message:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_cut_off_from_nats_loses_the_connector_and_writes_nothing_when_back() {
+    let pg = Cluster::start();
+    pg.migrate().await;
+    let js = nats::Cluster::start().await.expect("a NATS cluster");
+    let (url, urls) = (pg.url(), js.urls());
+    // Node a reaches NATS only through a proxy that can freeze its connection (not close it).
+    let member: std::net::SocketAddr = js.url(0).trim_start_matches("nats://").parse().unwrap();
+    let proxy = tidings_testkit::proxy::Proxy::start(member).await;
+    let through = format!("nats://{}", proxy.addr());
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let common = ["--postgres", url.as_str(), "--lease-ttl", "4s"];
+    let a_args = [&common[..], &["--nats", &through, "--node-id", "a"]].concat();
+    let a = Process::serve(tidings_exe!(), da.path(), &a_args).await;
+    let deadline = Instant::now() + CATCH_UP;
+    while connector_status(&a.http(), "postgres").await["state"] != "running" {
+        assert!(Instant::now() < deadline, "node a never ran the connector");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_args = [&common[..], &["--nats", &urls, "--node-id", "b"]].concat();
+    let b = Process::serve(tidings_exe!(), db.path(), &b_args).await;
+
+    let (txns, rows) = (1500u64, 2u64);
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move { write_txns(&url, "cut:1", 0, txns, rows).await }
+    });
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + CATCH_UP;
+    while history(&http, &b.http(), "cut:1").await.len() < 400 {
+        assert!(Instant::now() < deadline, "the stream never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.freeze();
+    let frozen = Instant::now();
+    // Node b takes over once a's lease lapses; a stops by itself (it cannot renew), so the
+    // slot is free for b.
+    let deadline = Instant::now() + CATCH_UP;
+    while connector_status(&b.http(), "postgres").await["state"] != "running" {
+        assert!(Instant::now() < deadline, "node b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took_over = frozen.elapsed();
+    let before = history(&http, &b.http(), "cut:1").await.len();
+    let deadline = Instant::now() + CATCH_UP;
+    while history(&http, &b.http(), "cut:1").await.len() <= before {
+        assert!(Instant::now() < deadline, "node b streams nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Node a comes back: whatever it still had in flight is refused, and it stands by.
+    proxy.cut();
+    writer.await.unwrap();
+    let items = expect_messages(&b.http(), "cut:1", (txns * rows) as usize).await;
+    assert_exactly_once_in_order(&items, txns, rows);
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let s = connector_status(&a.http(), "postgres").await;
+        if s["state"] == "standby" && s["holder"] == "b" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node a does not stand by: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !a.logged("lost the connector's lease; standing by")
+            .is_empty(),
+        "node a knew it lost the lease"
+    );
+    eprintln!("frozen node: b took over {took_over:?} after the freeze");
+}
