@@ -553,3 +553,45 @@ async fn a_reset_starts_a_new_epoch_seen_by_every_node() {
         "the same epoch on node a"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_names_the_node_the_nats_server_and_the_stream() {
+    let nats = Cluster::start().await.expect("a NATS cluster");
+    let (n2, _d2) = node(&nats, "n2").await;
+    let http = reqwest::Client::new();
+    let serials = publish(&http, &n2.http(), "st:1", json!([{"data": 1}, {"data": 2}])).await;
+    let get = |key: Option<&'static str>| {
+        let (http, url) = (http.clone(), format!("{}/v1/cluster", n2.http()));
+        async move {
+            let mut req = http.get(url);
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    assert_eq!(get(None).await.status(), 401, "an API key is needed");
+    let v: Value = get(Some(KEY)).await.json().await.unwrap();
+    assert_eq!(v["mode"], "cluster", "{v}");
+    assert_eq!(v["node"], "n2");
+    assert_eq!(v["nats"]["version"], "2.15.1");
+    assert_eq!(v["stream"]["name"], "TIDINGS");
+    assert_eq!(v["stream"]["replicas"], 3);
+    assert_eq!(v["stream"]["peers"].as_array().unwrap().len(), 2, "{v}");
+    let leader = v["stream"]["leader"].as_str().unwrap();
+    assert!(["n1", "n2", "n3"].contains(&leader), "{v}");
+    assert!(v["stream"]["last_serial"].as_u64().unwrap() >= serials[1]);
+    // A single node says so.
+    let dir = tempfile::tempdir().unwrap();
+    let single = Process::serve(tidings_exe!(), dir.path(), &[]).await;
+    let v: Value = http
+        .get(format!("{}/v1/cluster", single.http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"mode": "single"}));
+}

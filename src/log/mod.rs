@@ -115,6 +115,20 @@ pub trait AppendObserver: Send + Sync {
     fn resync(&self) {}
 }
 
+/// Where the log's storage stands, for `GET /v1/cluster`: plain data any log fills in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogStatus {
+    /// `single` (the embedded log) or `cluster` (NATS JetStream).
+    pub mode: &'static str,
+    /// This node's id, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What the log can tell about its engine: for the cluster, the NATS server this node is
+    /// connected to and the stream's state and replicas.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
 /// What trying to take a lease found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
@@ -216,6 +230,15 @@ pub trait ChannelLog: Send + Sync + 'static {
 
     /// Remove what `policy` no longer keeps.
     async fn apply_retention(&self, policy: &RetentionPolicy) -> Result<RetentionReport, LogError>;
+
+    /// Where the storage stands (`GET /v1/cluster`). A single node's log has nothing to add.
+    async fn status(&self) -> Result<LogStatus, LogError> {
+        Ok(LogStatus {
+            mode: "single",
+            node: None,
+            detail: serde_json::Map::new(),
+        })
+    }
 
     /// Finish pending writes and stop accepting new ones.
     async fn close(&self);

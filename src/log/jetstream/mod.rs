@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::log::{
-    AppendObserver, Appended, ChannelLog, ChannelState, LogError, NewMessage, ReadPage,
+    AppendObserver, Appended, ChannelLog, ChannelState, LogError, LogStatus, NewMessage, ReadPage,
     RetentionPolicy, RetentionReport, StoredMessage,
 };
 use publish::{code, Ack, Failure, Outgoing, MAX_BATCH};
@@ -947,6 +947,55 @@ impl ChannelLog for JetStreamLog {
     ) -> Result<RetentionReport, LogError> {
         // Not built yet in cluster mode (docs/cluster.md): the stream keeps everything.
         Ok(RetentionReport::default())
+    }
+
+    async fn status(&self) -> Result<LogStatus, LogError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable("cannot read the stream's state", e))?;
+        let server = self.client.server_info();
+        let cluster = info.cluster.unwrap_or_default();
+        let peers: Vec<serde_json::Value> = cluster
+            .replicas
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "current": p.current,
+                    "offline": p.offline,
+                    "lag": p.lag.unwrap_or(0),
+                    "active_ms": p.active.as_millis() as u64,
+                })
+            })
+            .collect();
+        let detail = serde_json::json!({
+            "nats": {
+                "connected_to": server.server_name,
+                "version": server.version,
+                "cluster": server.cluster,
+                "servers": server.connect_urls,
+            },
+            "stream": {
+                "name": STREAM,
+                "replicas": info.config.num_replicas,
+                "leader": cluster.leader,
+                "peers": peers,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_serial": info.state.first_sequence,
+                "last_serial": info.state.last_sequence,
+            },
+        });
+        let serde_json::Value::Object(detail) = detail else {
+            unreachable!("an object")
+        };
+        Ok(LogStatus {
+            mode: "cluster",
+            node: Some(self.node.clone()),
+            detail,
+        })
     }
 
     async fn close(&self) {
