@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::{self, stream::StorageType};
 
-use super::ClusterError;
+use super::error::ClusterError;
 use crate::log::{Acquired, Leases, LogError};
 
 /// The bucket every node shares.

@@ -19,6 +19,7 @@
 //! Memory does not grow with the number of channels: the only map is the checkpoint sequence
 //! of each connector this node writes for.
 
+mod error;
 mod feed;
 mod leases;
 mod publish;
@@ -49,14 +50,12 @@ use crate::log::{
 use publish::{code, Ack, Failure, Outgoing, MAX_BATCH};
 use record::{CheckpointRecord, EpochRecord, Partial, EPOCH_HEADER};
 
+pub use error::{ClusterError, MIN_SERVER};
 pub use leases::KvLeases;
+pub use subjects::STREAM;
 
-/// The stream every node shares.
-pub const STREAM: &str = "TIDINGS";
 /// Stream metadata key holding the base epoch (of channels never reset).
 const EPOCH_KEY: &str = "tidings_epoch";
-/// The oldest nats-server with atomic batch publish (ADR-50).
-pub const MIN_SERVER: (u32, u32) = (2, 12);
 /// How long one request to JetStream may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write or read keeps retrying while the stream has no leader (a leader election
@@ -82,25 +81,6 @@ pub struct JetStreamOptions {
     /// A message id seen on the channel within this window deduplicates (JetStream holds the
     /// ids in memory, so at most [`MAX_DEDUP_WINDOW`] is used).
     pub dedup_window: Duration,
-}
-
-/// Why the cluster log could not start. Each says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("`{url}` is not a NATS server URL ({problem}); give URLs like nats://host:4222, comma separated, in --nats, TIDINGS_NATS_URLS or cluster.servers")]
-    BadUrl { url: String, problem: String },
-    #[error("cannot reach any NATS server of {servers}: {problem}; check that they run and that this host can reach them (--nats, TIDINGS_NATS_URLS or cluster.servers)")]
-    Unreachable { servers: String, problem: String },
-    #[error("NATS server {server} does not have JetStream enabled; start it with -js (or `jetstream {{}}` in its configuration): cluster mode keeps the channel log in JetStream")]
-    NoJetStream { server: String },
-    #[error("NATS server {server} is version {version}; cluster mode needs nats-server {}.{} or newer (atomic batch publish): upgrade the servers", MIN_SERVER.0, MIN_SERVER.1)]
-    TooOld { server: String, version: String },
-    #[error("JetStream cannot keep {replicas} replicas of the stream: {problem}; run at least {replicas} NATS servers in one JetStream cluster, or lower cluster.replicas (--nats-replicas)")]
-    TooFewServers { replicas: usize, problem: String },
-    #[error("the JetStream stream {STREAM} exists but {problem}; it was not made by this version of Tidings: remove it (`nats stream rm {STREAM}`, which deletes its messages) or point Tidings at another NATS account")]
-    Incompatible { problem: String },
-    #[error("cannot set up the JetStream stream {STREAM}: {problem}; check the NATS servers' logs and that JetStream has a leader")]
-    Stream { problem: String },
 }
 
 /// What this node knows of a connector's checkpoint: its record and the sequence it is stored

@@ -9,6 +9,9 @@
 
 use crate::channel::ChannelName;
 
+/// The stream every node shares.
+pub const STREAM: &str = "TIDINGS";
+
 /// Every subject the stream stores.
 pub const STORED: [&str; 3] = ["tdg.m.>", "tdg.cp.>", "tdg.ep.>"];
 /// What the stream republishes, and where to.
