@@ -595,3 +595,71 @@ async fn cluster_status_names_the_node_the_nats_server_and_the_stream() {
         .unwrap();
     assert_eq!(v, json!({"mode": "single"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_two_nodes_moves_on_when_its_node_is_killed() {
+    use futures_util::StreamExt;
+    use tidings_client::{Event, Start};
+    let nats = Cluster::start().await.expect("a NATS cluster");
+    let (mut n1, _d1) = node(&nats, "n1").await;
+    let (n2, _d2) = node(&nats, "n2").await;
+    // The Rust client, given both nodes, connects to the first.
+    let client = tidings_client::Client::builder(n1.http())
+        .server(n2.http())
+        .api_key(KEY)
+        .backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut sub = client.attach("move:1", Start::Now).await.unwrap();
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Acknowledged publishes through node 2, one after another: their serials in order.
+    let publisher = {
+        let (acked, stop, base) = (acked.clone(), stop.clone(), n2.http());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                let s = publish(
+                    &http,
+                    &base,
+                    "move:1",
+                    json!({"id": format!("m{i}"), "data": i}),
+                )
+                .await;
+                acked.lock().unwrap().push(s[0]);
+                i += 1;
+            }
+        })
+    };
+    let mut received = Vec::new();
+    async fn next(sub: &mut tidings_client::Subscription) -> u64 {
+        match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+            Ok(Some(Ok(Event::Message(m)))) => m.serial,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    while received.len() < 200 {
+        received.push(next(&mut sub).await);
+    }
+    n1.kill9().await;
+    let killed = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < killed + 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    publisher.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    while received.len() < acked.len() {
+        received.push(next(&mut sub).await);
+    }
+    assert_eq!(
+        received, acked,
+        "every acknowledged message once, in order, across the move"
+    );
+    assert!(
+        client.stats().connections >= 2,
+        "it reconnected (to node 2)"
+    );
+}
