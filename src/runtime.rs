@@ -96,6 +96,7 @@ impl Server {
                         servers: config.cluster.servers.clone(),
                         node: config.cluster.node(),
                         replicas: config.cluster.replicas,
+                        max_message_bytes: config.limits.max_message_bytes,
                         dedup_window: config.retention.dedup_window,
                     },
                     hub.clone(),

@@ -335,6 +335,20 @@ async fn a_node_refuses_to_start_on_nats_it_cannot_use() {
     let log = refused(&["--nats", &single.urls()]).await;
     assert!(log.contains("cannot keep 3 replicas"), "{log}");
     assert!(log.contains("lower cluster.replicas"), "{log}");
+    // NATS takes 1 MB messages by default; Tidings may be configured for more.
+    let log = refused(&[
+        "--nats",
+        &single.urls(),
+        "--nats-replicas",
+        "1",
+        "--max-message-bytes",
+        "4194304",
+    ])
+    .await;
+    assert!(
+        log.contains("max_payload") && log.contains("lower limits.max_message_bytes"),
+        "{log}"
+    );
     // ...but it can hold one.
     let dir = tempfile::tempdir().unwrap();
     let urls = single.urls();
@@ -394,6 +408,7 @@ async fn open_with_hub(
             servers: nats.urls().split(',').map(str::to_owned).collect(),
             node: node.into(),
             replicas: 3,
+            max_message_bytes: 64 * 1024,
             dedup_window: Duration::from_secs(120),
         },
         hub.clone(),

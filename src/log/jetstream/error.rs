@@ -16,6 +16,12 @@ pub enum ClusterError {
     NoJetStream { server: String },
     #[error("NATS server {server} is version {version}; cluster mode needs nats-server {}.{} or newer (atomic batch publish): upgrade the servers", MIN_SERVER.0, MIN_SERVER.1)]
     TooOld { server: String, version: String },
+    #[error("NATS server {server} takes messages of at most {max_payload} bytes (max_payload), but limits.max_message_bytes needs {needed}: raise max_payload in the NATS servers' configuration, or lower limits.max_message_bytes (--max-message-bytes)")]
+    PayloadTooSmall {
+        server: String,
+        max_payload: usize,
+        needed: usize,
+    },
     #[error("JetStream cannot keep {replicas} replicas of the stream: {problem}; run at least {replicas} NATS servers in one JetStream cluster, or lower cluster.replicas (--nats-replicas)")]
     TooFewServers { replicas: usize, problem: String },
     #[error("the JetStream stream {STREAM} exists but {problem}; it was not made by this version of Tidings: remove it (`nats stream rm {STREAM}`, which deletes its messages) or point Tidings at another NATS account")]

@@ -56,6 +56,8 @@ pub use subjects::STREAM;
 
 /// Stream metadata key holding the base epoch (of channels never reset).
 const EPOCH_KEY: &str = "tidings_epoch";
+/// Room a message's envelope takes beside its `limits.max_message_bytes`.
+const ENVELOPE_ALLOWANCE: usize = 4096;
 /// How long one request to JetStream may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write or read keeps retrying while the stream has no leader (a leader election
@@ -78,6 +80,9 @@ pub struct JetStreamOptions {
     pub node: String,
     /// Copies JetStream keeps of every message (1, 3 or 5; at most the number of servers).
     pub replicas: usize,
+    /// The largest message the server accepts (`limits.max_message_bytes`): every NATS server
+    /// must take it, with the envelope around it.
+    pub max_message_bytes: usize,
     /// A message id seen on the channel within this window deduplicates (JetStream holds the
     /// ids in memory, so at most [`MAX_DEDUP_WINDOW`] is used).
     pub dedup_window: Duration,
@@ -192,6 +197,15 @@ impl JetStreamLog {
         }
         if !info.jetstream {
             return Err(ClusterError::NoJetStream { server });
+        }
+        // The JSON envelope adds the id, name, headers and timestamp around the data.
+        let needed = options.max_message_bytes + ENVELOPE_ALLOWANCE;
+        if info.max_payload < needed {
+            return Err(ClusterError::PayloadTooSmall {
+                server,
+                max_payload: info.max_payload,
+                needed,
+            });
         }
         let js = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
