@@ -39,13 +39,17 @@ async fn poll(http: &reqwest::Client, base: &str, query: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_on_another_node_see_the_same_messages_serials_and_order() {
+async fn subscribers_on_other_nodes_see_the_same_messages_serials_and_order() {
     let nats = Cluster::start().await.expect("a NATS cluster");
     let (n1, _d1) = node(&nats, "n1").await;
     let (n2, _d2) = node(&nats, "n2").await;
+    let (n3, _d3) = node(&nats, "n3").await;
     let http = reqwest::Client::new();
 
-    // Subscribers on node 2 (WebSocket, SSE, long-poll), attached before anything exists.
+    // Subscribers on node 2 (WebSocket, SSE, long-poll) and node 3 (WebSocket), attached
+    // before anything exists.
+    let mut on3 = Client::connect(&n3.ws_url(), Some(KEY)).await;
+    on3.attach("orders:7", json!({})).await;
     let mut ws = Client::connect(&n2.ws_url(), Some(KEY)).await;
     let attached = ws.attach("orders:7", json!({})).await;
     let epoch = attached["epoch"].as_str().unwrap().to_owned();
@@ -78,6 +82,11 @@ async fn subscribers_on_another_node_see_the_same_messages_serials_and_order() {
 
     let over_ws = ws.messages(acked.len()).await;
     assert_eq!(serials(&over_ws), acked, "WebSocket on node 2");
+    assert_eq!(
+        on3.messages(acked.len()).await,
+        over_ws,
+        "the same frames on node 3"
+    );
     let over_sse = sse.messages(acked.len()).await;
     let sse_serials: Vec<u64> = over_sse
         .iter()
@@ -105,21 +114,28 @@ async fn subscribers_on_another_node_see_the_same_messages_serials_and_order() {
     let stored: Vec<&Value> = h1.iter().map(|m| &m["data"]).collect();
     assert_eq!(data, stored);
 
-    // A position node 1 gave resumes exactly on node 2.
+    // A position node 1 gave resumes exactly on node 3.
     let mut on1 = Client::connect(&n1.ws_url(), Some(KEY)).await;
     let a1 = on1.attach("orders:7", json!({})).await;
     assert_eq!(a1["epoch"], epoch.as_str(), "one epoch on every node");
+    assert_eq!(
+        a1["serial"],
+        *acked.last().unwrap(),
+        "node 1's position: its head"
+    );
     let at = acked[9];
-    let mut resumed = Client::connect(&n2.ws_url(), Some(KEY)).await;
+    let mut resumed = Client::connect(&n3.ws_url(), Some(KEY)).await;
     let a2 = resumed
         .attach("orders:7", json!({"from": {"epoch": epoch, "serial": at}}))
         .await;
     assert_eq!(a2["resumed"], true, "{a2}");
     let rest = resumed.messages(acked.len() - 10).await;
     assert_eq!(serials(&rest), acked[10..].to_vec());
-    // And live messages published on node 1 keep coming to it.
+    // And live messages published on node 1 keep coming to every node.
     let more = publish(&http, &n1.http(), "orders:7", json!({"data": "late"})).await;
     assert_eq!(serials(&resumed.messages(1).await), more);
+    assert_eq!(serials(&on3.messages(1).await), more);
+    assert_eq!(serials(&ws.messages(1).await), more);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
