@@ -81,7 +81,10 @@ impl Server {
 
     /// Build the connectors once this server's metrics exist, then start.
     async fn launch(config: Resolved, extra: Sources) -> Result<Server, StartError> {
-        let metrics = Arc::new(Metrics::new());
+        let cluster = &config.cluster;
+        let metrics = Arc::new(Metrics::with_node(
+            cluster.enabled().then(|| cluster.node()),
+        ));
         let (registry, mut sources) = crate::connector::build(&config, &metrics)?;
         sources.extend(extra);
         let registry = Arc::new(registry);

@@ -612,6 +612,20 @@ async fn cluster_status_names_the_node_the_nats_server_and_the_stream() {
     let leader = v["stream"]["leader"].as_str().unwrap();
     assert!(["n1", "n2", "n3"].contains(&leader), "{v}");
     assert!(v["stream"]["last_serial"].as_u64().unwrap() >= serials[1]);
+    // Its metrics carry its node id.
+    let metrics = http
+        .get(format!("{}/metrics", n2.http()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tidings_messages_appended_total{node=\"n2\"} 2"),
+        "{metrics}"
+    );
     // A single node says so.
     let dir = tempfile::tempdir().unwrap();
     let single = Process::serve(tidings_exe!(), dir.path(), &[]).await;
