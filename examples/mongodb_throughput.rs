@@ -122,13 +122,17 @@ fn options(name: &str) -> SourceOptions {
 }
 
 /// Messages in the log across the STORES channels.
-fn in_log(log: &dyn ChannelLog, stores: u64) -> u64 {
-    (0..stores)
-        .map(|s| {
-            log.state(&ChannelName::parse(&format!("orders:store-{s}")).unwrap())
-                .head
-        })
-        .sum()
+async fn in_log(log: &dyn ChannelLog, stores: u64) -> u64 {
+    let mut total = 0;
+    for s in 0..stores {
+        let channel = ChannelName::parse(&format!("orders:store-{s}")).unwrap();
+        total += log
+            .state(&channel)
+            .await
+            .expect("the embedded log answers")
+            .head;
+    }
+    total
 }
 
 /// Run `source` through the runner into `log` until the STORES channels hold `more` messages
@@ -140,11 +144,15 @@ async fn drain(
     stores: u64,
     more: u64,
 ) -> Duration {
-    let before = in_log(log.as_ref(), stores);
+    let before = in_log(log.as_ref(), stores).await;
     let shutdown = CancellationToken::new();
     let t = Instant::now();
-    let runner = tokio::spawn(run(source, options(name), log.clone(), shutdown.clone()));
-    while in_log(log.as_ref(), stores) - before < more {
+    let (opts, runner_log, stop) = (options(name), log.clone(), shutdown.clone());
+    let runner = tokio::spawn(async move {
+        let mut source = source;
+        run(source.as_mut(), &opts, runner_log, stop).await
+    });
+    while in_log(log.as_ref(), stores).await - before < more {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = t.elapsed();
@@ -332,12 +340,11 @@ async fn main() {
         "mongodb:bench",
     )
     .unwrap();
-    let runner = tokio::spawn(run(
-        Box::new(source),
-        options("bench"),
-        dyn_log.clone(),
-        shutdown.clone(),
-    ));
+    let (opts, runner_log, stop) = (options("bench"), dyn_log.clone(), shutdown.clone());
+    let runner = tokio::spawn(async move {
+        let mut source = source;
+        run(&mut source, &opts, runner_log, stop).await
+    });
     let start = wait_checkpoint(&log, "bench").await;
     shutdown.cancel();
     runner.await.unwrap();

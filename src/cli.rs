@@ -116,6 +116,21 @@ pub struct ServeArgs {
     /// Channel template of the --mongodb connector, e.g. "store:{fullDocument.storeId}".
     #[arg(long, env = "TIDINGS_MONGODB_CHANNEL")]
     pub channel: Option<String>,
+    /// Cluster mode: keep the channel log in NATS JetStream on these servers (nats-server
+    /// 2.12+ with JetStream), comma separated, e.g. nats://h1:4222,nats://h2:4222. Every node
+    /// given the same servers serves the same channels.
+    #[arg(long = "nats", env = "TIDINGS_NATS_URLS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+    /// This node's id in cluster mode (logs, metrics); the host name by default.
+    #[arg(long, env = "TIDINGS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Copies JetStream keeps of every message in cluster mode: 1, 3 (default) or 5.
+    #[arg(long, env = "TIDINGS_NATS_REPLICAS")]
+    pub nats_replicas: Option<usize>,
+    /// Cluster mode: how long a connector's lease lasts without renewal, e.g. "15s" (the
+    /// default): another node takes the connector over at most this long after its node died.
+    #[arg(long, env = "TIDINGS_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// Flags of `tidings migrate`.
@@ -163,6 +178,24 @@ impl ServeArgs {
         }
         if let Some(v) = self.log_format {
             config.log_format = v;
+        }
+        let servers: Vec<String> = self
+            .nats
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !servers.is_empty() {
+            config.cluster.servers = servers;
+        }
+        if let Some(v) = &self.node_id {
+            config.cluster.node_id = Some(v.clone());
+        }
+        if let Some(v) = self.nats_replicas {
+            config.cluster.replicas = v;
+        }
+        if let Some(v) = self.lease_ttl {
+            config.cluster.lease_ttl = v;
         }
         if let Some(v) = self.max_message_bytes {
             config.limits.max_message_bytes = v;

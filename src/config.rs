@@ -127,6 +127,64 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Database connectors by name (`[connectors.NAME]`, see [`ConnectorConfig`]).
     pub connectors: BTreeMap<String, ConnectorConfig>,
+    /// Cluster mode: the channel log on NATS JetStream (`[cluster]`); off while it names no
+    /// server.
+    pub cluster: ClusterConfig,
+}
+
+/// Replicas of the cluster log's stream unless configured.
+pub const DEFAULT_CLUSTER_REPLICAS: usize = 3;
+
+/// Cluster mode (`[cluster]`, `--nats`): every node keeps its channel log in one NATS JetStream
+/// stream. Credentials and TLS for NATS are not settable yet (docs/cluster.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URLs, e.g. `["nats://h1:4222", "nats://h2:4222"]`; empty: single node.
+    pub servers: Vec<String>,
+    /// This node's id in logs and metrics; the host name when unset.
+    pub node_id: Option<String>,
+    /// Copies JetStream keeps of every message: 1, 3 or 5, at most the number of servers.
+    pub replicas: usize,
+    /// A connector runs on the node holding its lease; another node takes over at most this
+    /// long after the holder stopped renewing it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+/// How long a connector lease lasts without renewal unless configured.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            servers: Vec::new(),
+            node_id: None,
+            replicas: DEFAULT_CLUSTER_REPLICAS,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the server runs in cluster mode.
+    pub fn enabled(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// This node's id: configured, else the host name, else `node`.
+    pub fn node(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "node".to_owned())
+    }
 }
 
 /// One API key.
@@ -276,6 +334,7 @@ impl Default for Config {
             connectors: BTreeMap::new(),
             auth: AuthConfig::default(),
             cors: CorsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -528,6 +587,45 @@ impl Config {
         resolve_connectors(&self.connectors).map(drop)
     }
 
+    /// The `[cluster]` section.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        for (i, url) in c.servers.iter().enumerate() {
+            let scheme_ok = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+            let host = url.split_once("://").map_or("", |(_, rest)| rest);
+            if !scheme_ok || host.is_empty() || host.contains([' ', ',', '/']) {
+                return Err(invalid(
+                    format!("cluster.servers[{i}]"),
+                    format!("{url:?} is not a NATS server URL; write nats://HOST:PORT (several: comma separated in --nats or TIDINGS_NATS_URLS)"),
+                ));
+            }
+        }
+        if !matches!(c.replicas, 1 | 3 | 5) {
+            return Err(invalid(
+                "cluster.replicas",
+                format!(
+                    "is {}; JetStream keeps 1, 3 or 5 replicas (3 survives losing one NATS server)",
+                    c.replicas
+                ),
+            ));
+        }
+        if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&c.lease_ttl) {
+            return Err(invalid(
+                "cluster.lease_ttl",
+                "must be between 2s and 1h (it is how long a connector is down when its node dies)",
+            ));
+        }
+        if let Some(id) = &c.node_id {
+            if id.is_empty() || id.len() > 64 || id.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "cluster.node_id",
+                    "must be 1 to 64 characters without spaces",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every setting but the connectors.
     fn check_settings(&self) -> Result<(), ConfigError> {
         if let Some(dir) = &self.web_root {
@@ -629,6 +727,7 @@ impl Config {
                 "must be longer than session.ping_interval, or every idle client is cut before it can answer a ping",
             ));
         }
+        self.check_cluster()?;
         let mut seen = std::collections::HashSet::new();
         for (i, key) in self.api_keys.iter().enumerate() {
             if key.id.is_empty() || key.id.contains(':') || key.id.contains(',') {
@@ -941,6 +1040,35 @@ mod tests {
     fn unknown_fields_are_named() {
         let err = Config::from_toml("[limits]\nmax_mesage_bytes = 5\n").unwrap_err();
         assert!(err.contains("max_mesage_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_section_is_checked_and_off_by_default() {
+        let c = Config::from_toml("").unwrap();
+        assert!(!c.cluster.enabled(), "the embedded log is the default");
+        let c = Config::from_toml(
+            "[cluster]\nservers = [\"nats://h1:4222\", \"nats://h2:4222\"]\nnode_id = \"web-1\"\nreplicas = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.node(), "web-1");
+        for (toml, field) in [
+            ("[cluster]\nreplicas = 2\n", "cluster.replicas"),
+            ("[cluster]\nservers = [\"h1:4222\"]\n", "cluster.servers[0]"),
+            ("[cluster]\nnode_id = \"a b\"\n", "cluster.node_id"),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+        assert!(
+            Config::from_toml("[cluster]\nserver = []\n").is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

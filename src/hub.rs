@@ -41,6 +41,9 @@ pub struct Live {
     /// Set when the channel's history restarted under this new epoch at `serial` (the head):
     /// subscribers must be told continuity was lost.
     pub reset: Option<Arc<str>>,
+    /// Set when messages may have been lost before this point (no message of its own): every
+    /// subscriber checks the log for anything after what it delivered.
+    pub resync: bool,
 }
 
 /// Slots of each channel's broadcast ring (at most `capacity`). A subscriber further behind
@@ -170,6 +173,7 @@ impl AppendObserver for Hub {
                     prev,
                     frame: Utf8Bytes::from(encode_message(channel.as_str(), m)),
                     reset: None,
+                    resync: false,
                 };
                 prev = m.serial;
                 Arc::new(live)
@@ -177,6 +181,15 @@ impl AppendObserver for Hub {
             .collect();
         {
             let mut recent = c.recent.lock();
+            // Recent messages link by `prev` without a hole: one that does not follow the
+            // newest held (the cluster feed lost one) starts them afresh.
+            let follows = match (recent.back(), lives.first()) {
+                (Some(b), Some(f)) => b.serial == f.prev,
+                _ => true,
+            };
+            if !follows {
+                recent.clear();
+            }
             for live in &lives {
                 if recent.len() == self.capacity {
                     recent.pop_front();
@@ -200,7 +213,23 @@ impl AppendObserver for Hub {
             prev: head,
             frame: Utf8Bytes::from_static(""),
             reset: Some(epoch.clone()),
+            resync: false,
         }));
+    }
+
+    fn resync(&self) {
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        for c in channels {
+            // Memory may have a hole now: only the log can bridge it.
+            c.recent.lock().clear();
+            let _ = c.tx.send(Arc::new(Live {
+                serial: 0,
+                prev: 0,
+                frame: Utf8Bytes::from_static(""),
+                reset: None,
+                resync: true,
+            }));
+        }
     }
 }
 
@@ -336,5 +365,28 @@ mod tests {
         // A restarted history forgets them all.
         hub.reset(&ch, &Arc::from("e2"), 7);
         assert_eq!(serials(7), None);
+    }
+
+    #[tokio::test]
+    async fn a_hole_in_the_feed_is_never_bridged_from_memory() {
+        let hub = Hub::new(8, Arc::new(Metrics::new()));
+        let ch = ChannelName::parse("c").unwrap();
+        let mut rx = hub.subscribe(&ch);
+        hub.appended(&ch, 0, &stored(3..=4));
+        // The cluster feed lost 7 (between 4 and 9): memory starts afresh at 9.
+        hub.appended(&ch, 7, &stored(9..=9));
+        assert!(
+            hub.recent_after(&ch, 4).is_none(),
+            "7 is not held: read the log"
+        );
+        assert_eq!(hub.recent_after(&ch, 7).map(|v| v.len()), Some(1));
+        // A possible loss anywhere: memory is dropped and every subscriber is told to check.
+        hub.resync();
+        assert!(hub.recent_after(&ch, 9).is_none());
+        let mut last = None;
+        while let Ok(live) = rx.try_recv() {
+            last = Some(live);
+        }
+        assert!(last.expect("a resync notice").resync);
     }
 }

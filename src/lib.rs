@@ -13,6 +13,7 @@ pub mod connector;
 pub mod error;
 pub mod grant;
 pub mod hub;
+pub mod lease;
 pub mod limits;
 pub mod listener;
 pub mod log;

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tidings_connectors_core::{ConnectorGauges, ConnectorMetrics};
 
@@ -127,7 +128,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tidings");
+        Self::with_node(None)
+    }
+
+    /// The metrics of one cluster node: every series carries `node="<id>"`, so that a
+    /// dashboard over all nodes tells them apart. `None`: a single node, without the label.
+    pub fn with_node(node: Option<String>) -> Self {
+        let labels = node.map(|n| (Cow::Borrowed("node"), Cow::Owned(n)));
+        let mut registry = Registry::with_prefix_and_labels("tidings", labels.into_iter());
         let connections = Family::<TransportLabel, Gauge>::default();
         registry.register(
             "connections",

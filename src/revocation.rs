@@ -161,6 +161,8 @@ impl RevocationStore for FileStore {
                 revocations: all.to_vec(),
             })
             .map_err(std::io::Error::other)?;
+            // In cluster mode no embedded log has created the data directory.
+            std::fs::create_dir_all(dir)?;
             let mut f = std::fs::File::create(path)?;
             f.write_all(&text)?;
             f.sync_all()?;

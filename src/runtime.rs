@@ -19,7 +19,8 @@ use crate::config::{Config, Resolved};
 use crate::connector::{ConnectorRegistry, Sources};
 use crate::hub::Hub;
 use crate::log::embedded::{EmbeddedLog, EmbeddedOptions};
-use crate::log::{ChannelLog, LogError};
+use crate::log::jetstream::{ClusterError, JetStreamLog, JetStreamOptions};
+use crate::log::{ChannelLog, Leases, LogError};
 use crate::metrics::Metrics;
 use crate::revocation::{FileStore, Revocations};
 use crate::server::{router, AppState};
@@ -36,6 +37,8 @@ pub enum StartError {
     Log(#[from] LogError),
     #[error(transparent)]
     Revocations(#[from] crate::revocation::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error(
         "cannot listen on {addr}: {source}; choose another address with --listen or TIDINGS_LISTEN"
     )]
@@ -81,21 +84,44 @@ impl Server {
 
     /// Build the connectors once this server's metrics exist, then start.
     async fn launch(config: Resolved, extra: Sources) -> Result<Server, StartError> {
-        let metrics = Arc::new(Metrics::new());
+        let cluster = &config.cluster;
+        let metrics = Arc::new(Metrics::with_node(
+            cluster.enabled().then(|| cluster.node()),
+        ));
         let (registry, mut sources) = crate::connector::build(&config, &metrics)?;
         sources.extend(extra);
         let registry = Arc::new(registry);
         let (config, _) = config.into_parts();
         let config = Arc::new(config);
         let hub = Arc::new(Hub::new(config.session.live_buffer, metrics.clone()));
-        let log: Arc<dyn ChannelLog> = Arc::new(EmbeddedLog::open(
-            &config.data_dir,
-            EmbeddedOptions {
-                dedup_window: config.retention.dedup_window,
-            },
-            hub.clone(),
-        )?);
-        // Opened after the log, which created the data directory.
+        // The one place that knows which log there is: the server above sees the trait.
+        let (log, leases): (Arc<dyn ChannelLog>, Option<Arc<dyn Leases>>) =
+            if config.cluster.enabled() {
+                let log = JetStreamLog::open(
+                    JetStreamOptions {
+                        servers: config.cluster.servers.clone(),
+                        node: config.cluster.node(),
+                        replicas: config.cluster.replicas,
+                        max_message_bytes: config.limits.max_message_bytes,
+                        dedup_window: config.retention.dedup_window,
+                    },
+                    hub.clone(),
+                )
+                .await?;
+                let leases = log.leases(config.cluster.lease_ttl).await?;
+                (Arc::new(log), Some(Arc::new(leases)))
+            } else {
+                let log = EmbeddedLog::open(
+                    &config.data_dir,
+                    EmbeddedOptions {
+                        dedup_window: config.retention.dedup_window,
+                    },
+                    hub.clone(),
+                )?;
+                (Arc::new(log), None)
+            };
+        // Kept in the data directory in both modes: cluster mode does not share revocations
+        // between nodes yet (docs/cluster.md).
         let revocations = Arc::new(Revocations::open(
             Arc::new(FileStore::new(&config.data_dir)),
             config.auth.max_token_lifetime,
@@ -160,10 +186,19 @@ impl Server {
         let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (opts, src) in sources {
             let (log, shutdown, failures) = (log.clone(), shutdown.clone(), failures.clone());
+            let leases = leases.clone();
             let metrics = state.metrics.clone();
             connectors.spawn(async move {
                 let name = opts.name.clone();
-                if let Some(e) = crate::source::run(src, opts, log, shutdown).await {
+                let failure = match leases {
+                    // Cluster mode: run it while this node holds its lease.
+                    Some(leases) => crate::lease::run(src, opts, log, leases, shutdown).await,
+                    None => {
+                        let mut src = src;
+                        crate::source::run(src.as_mut(), &opts, log, shutdown).await
+                    }
+                };
+                if let Some(e) = failure {
                     // A source that needs the operator stops alone: the rest of the server
                     // (its log, REST publishers, the other connectors) goes on. Its status,
                     // `/readyz` and the metric say so until the operator fixes it.

@@ -61,6 +61,9 @@ pub enum RunState {
     Retrying { attempt: u32, retry_at: Timestamp },
     /// Not running: shut down, or stopped by an error the operator must fix (`reason` says how).
     Stopped { reason: String },
+    /// Cluster mode: another node holds this connector's lease (`holder`, its node id, when
+    /// known); this node takes over if that lease lapses.
+    Standby { holder: Option<String> },
 }
 
 /// A wall-clock time, serialised as RFC 3339 in UTC with milliseconds.
@@ -191,6 +194,14 @@ impl SourceStatus {
         Self::set_state(&mut r, RunState::Retrying { attempt, retry_at });
     }
 
+    /// Waiting for the lease that `holder` has.
+    pub(crate) fn standby(&self, holder: Option<String>) {
+        let mut r = self.0.lock();
+        if !matches!(&r.state, RunState::Standby { holder: h } if *h == holder) {
+            Self::set_state(&mut r, RunState::Standby { holder });
+        }
+    }
+
     fn stopped(&self, e: Option<&SourceError>) {
         let mut r = self.0.lock();
         let reason = match e {
@@ -292,14 +303,14 @@ fn prepare(
 
 /// Run `source` until `shutdown` or a fatal error. Returns the fatal error, if any.
 pub async fn run(
-    mut source: Box<dyn Source>,
-    opts: SourceOptions,
+    source: &mut dyn Source,
+    opts: &SourceOptions,
     log: Arc<dyn ChannelLog>,
     shutdown: CancellationToken,
 ) -> Option<SourceError> {
     let mut backoff = BACKOFF_START;
     loop {
-        let result = run_once(source.as_mut(), &opts, &log, &shutdown, &mut backoff).await;
+        let result = run_once(source, opts, &log, &shutdown, &mut backoff).await;
         match result {
             Ok(()) => {
                 opts.status.stopped(None);

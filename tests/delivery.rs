@@ -154,7 +154,9 @@ async fn resume_races_with_live_publishing_without_gap_or_duplicate() {
     let state = t
         .server
         .log()
-        .state(&tidings::channel::ChannelName::parse("race").unwrap());
+        .state(&tidings::channel::ChannelName::parse("race").unwrap())
+        .await
+        .unwrap();
     // Publish continuously while a client resumes from serial 10.
     let (base, h2) = (t.http(), http.clone());
     let publisher = tokio::spawn(async move {

@@ -99,12 +99,11 @@ async fn batches_are_appended_with_checkpoints_and_resume_after_failure() {
     let mut watcher = Client::connect(&t.ws_url(), Some(KEY)).await;
     watcher.attach("feed:0", json!({})).await;
     let token = t.server.shutdown_token().child_token();
-    let runner = tokio::spawn(tidings::source::run(
-        Box::new(feed),
-        opts,
-        t.server.log().clone(),
-        token.clone(),
-    ));
+    let (log, stop) = (t.server.log().clone(), token.clone());
+    let runner = tokio::spawn(async move {
+        let mut feed = feed;
+        tidings::source::run(&mut feed, &opts, log, stop).await
+    });
     // 10 transactions, two messages each on feed:0 (k = 0 and 2), in commit order.
     let frames = watcher.messages(20).await;
     let order: Vec<(u64, u64)> = frames

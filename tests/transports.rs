@@ -156,6 +156,8 @@ async fn long_poll_answers_at_once_waits_and_resumes() {
         .server
         .log()
         .state(&tidings::channel::ChannelName::parse("p").unwrap())
+        .await
+        .unwrap()
         .epoch;
     let r = poll(&http, &t.http(), &format!("channel=p&from=p={epoch}:0")).await;
     assert_eq!(serials(r["messages"].as_array().unwrap()), vec![1, 2, 3]);
@@ -219,6 +221,8 @@ async fn long_poll_through_cuts_loses_nothing() {
         .server
         .log()
         .state(&tidings::channel::ChannelName::parse("q").unwrap())
+        .await
+        .unwrap()
         .epoch;
     let (h2, base) = (http.clone(), t.http());
     let publisher = tokio::spawn(async move {

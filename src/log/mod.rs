@@ -1,10 +1,12 @@
 //! The channel log: durable, ordered history of every channel.
 //!
 //! [`ChannelLog`] is the boundary between the server and storage. The embedded implementation
-//! ([`embedded::EmbeddedLog`], SQLite in WAL mode) is the default; a distributed one can take its
-//! place behind the same trait.
+//! ([`embedded::EmbeddedLog`], SQLite in WAL mode) is the default; the cluster one
+//! ([`jetstream::JetStreamLog`], NATS JetStream) takes its place behind the same trait when the
+//! server runs with `--nats`.
 
 pub mod embedded;
+pub mod jetstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +108,54 @@ pub trait AppendObserver: Send + Sync {
     /// `channel`'s history restarted under `epoch`; its head stays `head` (serials keep
     /// increasing across epochs) and nothing before it can be resumed.
     fn reset(&self, channel: &ChannelName, epoch: &Arc<str>, head: u64);
+
+    /// Messages may have been lost on their way to the observer (the cluster log's live feed
+    /// reconnected or fell behind): every subscriber must check the log for what it missed.
+    /// The embedded log never calls it.
+    fn resync(&self) {}
+}
+
+/// Where the log's storage stands, for `GET /v1/cluster`: plain data any log fills in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogStatus {
+    /// `single` (the embedded log) or `cluster` (NATS JetStream).
+    pub mode: &'static str,
+    /// This node's id, in cluster mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What the log can tell about its engine: for the cluster, the NATS server this node is
+    /// connected to and the stream's state and replicas.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What trying to take a lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This node holds it now; the token is what renewing and releasing it need.
+    Taken(u64),
+    /// Another node holds it (its id, as it wrote it).
+    HeldBy(String),
+}
+
+/// Who runs which connector in a cluster: one node at a time, under a lease that lapses unless
+/// renewed within [`ttl`](Leases::ttl). The lease decides who *should* write; the checkpoint's
+/// compare-and-set in [`ChannelLog::append`] is what refuses a writer that lost it (fencing).
+/// The cluster log keeps them in the same engine; a single node needs none.
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// How long a lease lasts without renewal.
+    fn ttl(&self) -> Duration;
+
+    /// Take the lease on `name` unless another node holds it.
+    async fn acquire(&self, name: &str) -> Result<Acquired, LogError>;
+
+    /// Renew the lease on `name` held with `token`: the new token, or `None` when it was lost
+    /// (it lapsed, and maybe another node took it).
+    async fn renew(&self, name: &str, token: u64) -> Result<Option<u64>, LogError>;
+
+    /// Give the lease up (on shutdown), so another node takes over at once.
+    async fn release(&self, name: &str, token: u64);
 }
 
 /// Errors of the log. None of them means an acknowledged message was lost.
@@ -124,6 +174,13 @@ pub enum LogError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The distributed log could not be reached or did not answer in time.
+    #[error("the cluster's log is unavailable ({0}); nothing in this request was acknowledged: retry, and check that the NATS servers are up and reachable")]
+    Unavailable(String),
+    /// Another writer moved `source`'s checkpoint since this one read it: this writer's batch
+    /// was refused, nothing of it was stored. It must re-read the checkpoint before writing.
+    #[error("the checkpoint of {connector} was moved by another writer; this batch was refused and nothing of it stored (the connector restarts from the stored checkpoint)")]
+    Fenced { connector: String },
 }
 
 impl From<rusqlite::Error> for LogError {
@@ -141,6 +198,8 @@ impl From<rusqlite::Error> for LogError {
 /// - Per channel, serials strictly increase in commit order. Messages of one call keep their order.
 /// - After a crash, the log opens with every answered append present exactly once.
 /// - Observers see each commit's messages after they are durable, in commit order.
+/// - Serials may have gaps within a channel (the cluster log's serials are stream sequences);
+///   callers never count messages by subtracting serials.
 #[async_trait::async_trait]
 pub trait ChannelLog: Send + Sync + 'static {
     /// Append `messages` and store `checkpoint` atomically. One [`Appended`] per message.
@@ -151,7 +210,8 @@ pub trait ChannelLog: Send + Sync + 'static {
     ) -> Result<Vec<Appended>, LogError>;
 
     /// Current state of a channel (a channel never written has head 0 and the log's base epoch).
-    fn state(&self, channel: &ChannelName) -> ChannelState;
+    /// Everything appended and answered before this call is at or below the head it returns.
+    async fn state(&self, channel: &ChannelName) -> Result<ChannelState, LogError>;
 
     /// Up to `limit` messages with serial greater than `after`, ascending.
     async fn read(
@@ -170,6 +230,15 @@ pub trait ChannelLog: Send + Sync + 'static {
 
     /// Remove what `policy` no longer keeps.
     async fn apply_retention(&self, policy: &RetentionPolicy) -> Result<RetentionReport, LogError>;
+
+    /// Where the storage stands (`GET /v1/cluster`). A single node's log has nothing to add.
+    async fn status(&self) -> Result<LogStatus, LogError> {
+        Ok(LogStatus {
+            mode: "single",
+            node: None,
+            detail: serde_json::Map::new(),
+        })
+    }
 
     /// Finish pending writes and stop accepting new ones.
     async fn close(&self);

@@ -45,7 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
-        .route("/v1/connectors", get(rest::connectors));
+        .route("/v1/connectors", get(rest::connectors))
+        .route("/v1/cluster", get(rest::cluster));
     // Static pages, when configured, answer every other GET; unknown paths still get the API's
     // JSON 404, so a mistyped `/v1/...` route is as plain with a web root as without.
     let router = match &state.config.web_root {

@@ -47,7 +47,7 @@ pub(super) async fn poll(
                 )
             })?,
     };
-    let (mut sub, attached) = wanted.attach(&state, &principal)?;
+    let (mut sub, attached) = wanted.attach(&state, &principal).await?;
     let mut frames = Vec::new();
     let mut reattached = Vec::new();
     // A first attach (no position yet) or a lost continuity is answered at once: the client

@@ -217,6 +217,25 @@ pub(super) async fn connectors(
     Ok(Json(state.connectors.status()).into_response())
 }
 
+/// `GET /v1/cluster` (API key): this node, and where the log's storage stands: in cluster mode
+/// the NATS server it is connected to and the stream's state, leader and replicas.
+pub(super) async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api_key(
+        &state,
+        &headers,
+        "cluster status needs an API key: `Authorization: Bearer KEY_ID:SECRET`",
+    )?;
+    let status = state
+        .log
+        .status()
+        .await
+        .map_err(|e| ApiError::from_log(&e))?;
+    Ok(Json(status).into_response())
+}
+
 /// Any other path.
 pub(super) async fn not_found() -> Response {
     let e = ApiError::new(

@@ -40,7 +40,7 @@ pub(super) async fn sse(
     let wanted = Wanted::parse(&pairs, &headers)?;
     let permit = caller.admit(&state)?;
     let Caller(principal) = caller;
-    let (sub, attached) = wanted.attach(&state, &principal)?;
+    let (sub, attached) = wanted.attach(&state, &principal).await?;
     let (tx, rx) = mpsc::channel(SSE_QUEUE);
     let task_state = state.clone();
     state.sessions.spawn(async move {

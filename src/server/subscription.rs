@@ -129,16 +129,23 @@ impl Subscription {
 
     /// Attach `channel` (re-attaching restarts it): resume after `from`, rewind `rewind`
     /// messages, or start at the head. Authorisation is the caller's job.
-    pub fn attach(
+    pub async fn attach(
         &mut self,
         channel: &ChannelName,
         from: Option<&Position>,
         rewind: Option<u64>,
-    ) -> Attached {
+    ) -> Result<Attached, ApiError> {
         self.detach(channel);
         // Subscribe before reading the head: anything appended after this point arrives live.
         let receiver = self.hub.subscribe(channel);
-        let state = self.log.state(channel);
+        let state = match self.log.state(channel).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.hub.release(channel);
+                drop(receiver);
+                return Err(ApiError::from_log(&e).on(channel.as_str()));
+            }
+        };
         let (serial, resumed, reason) = match (from, rewind) {
             (Some(pos), _) => {
                 if *pos.epoch != *state.epoch {
@@ -158,10 +165,10 @@ impl Subscription {
         if serial < state.head {
             // From memory when it holds everything after `serial` and the history did not
             // restart meanwhile (the log's epoch changes before the hub forgets); else the log.
-            let recent = self
-                .hub
-                .recent_after(channel, serial)
-                .filter(|_| self.log.state(channel).epoch == state.epoch);
+            let recent = match self.hub.recent_after(channel, serial) {
+                Some(lives) if self.same_epoch(channel, &state.epoch).await => Some(lives),
+                _ => None,
+            };
             match recent {
                 Some(lives) => {
                     self.hub.metrics().catch_up_from_memory.inc();
@@ -187,13 +194,22 @@ impl Subscription {
         );
         self.live
             .insert(key.clone(), BroadcastStream::new(receiver));
-        Attached {
+        Ok(Attached {
             channel: channel.clone(),
             epoch: state.epoch,
             serial,
             resumed,
             reason,
-        }
+        })
+    }
+
+    /// Whether `channel`'s history is still `epoch` (false when the log cannot say: the caller
+    /// then reads the log, which reports the failure).
+    async fn same_epoch(&self, channel: &ChannelName, epoch: &Arc<str>) -> bool {
+        self.log
+            .state(channel)
+            .await
+            .is_ok_and(|s| *s.epoch == **epoch)
     }
 
     /// Detach `channel`; false if it was not attached.
@@ -288,6 +304,11 @@ impl Subscription {
                     ContinuityLost::EpochChanged,
                 ));
             }
+            Ok(live) if live.resync => {
+                if !self.behind.contains(&key) {
+                    self.behind.push_back(key);
+                }
+            }
             Ok(live) if live.serial <= att.last => {}
             Ok(live) if live.prev <= att.last && !self.behind.contains(&key) => {
                 att.last = live.serial;
@@ -299,34 +320,11 @@ impl Subscription {
                 });
             }
             // A predecessor was not delivered (or the ring overflowed): the hub's recent
-            // messages have it when it is not far behind, else the log.
+            // messages have it when it is not far behind, else the log (`read_page`, which
+            // can ask the log whether the history restarted meanwhile).
             _ => {
-                if self.behind.contains(&key) {
-                    return;
-                }
-                let (channel, after, epoch) = (att.channel.clone(), att.last, att.epoch.clone());
-                // Recent messages first, then the epoch: the log moves to a new epoch before
-                // the hub forgets the old one's messages, so an unchanged epoch means what was
-                // read belongs to this history.
-                let recent = self
-                    .hub
-                    .recent_after(&channel, after)
-                    .filter(|_| self.log.state(&channel).epoch == epoch);
-                match recent {
-                    Some(lives) => {
-                        self.hub.metrics().catch_up_from_memory.inc();
-                        let att = self.attachments.get_mut(&key).expect("attached");
-                        for live in lives {
-                            att.last = live.serial;
-                            out.push(Delivery {
-                                channel: att.channel.clone(),
-                                serial: live.serial,
-                                kind: Kind::Message,
-                                frame: live.frame.clone(),
-                            });
-                        }
-                    }
-                    None => self.behind.push_back(key),
+                if !self.behind.contains(&key) {
+                    self.behind.push_back(key);
                 }
             }
         }
@@ -338,7 +336,29 @@ impl Subscription {
             self.behind.retain(|k| k != key);
             return Ok(None);
         };
-        let (channel, after) = (att.channel.clone(), att.last);
+        let (channel, after, epoch) = (att.channel.clone(), att.last, att.epoch.clone());
+        // Recent messages first, then the epoch: the log moves to a new epoch before the hub
+        // forgets the old one's messages, so an unchanged epoch means what was read belongs to
+        // this history. What memory holds reaches the newest message the hub has, so the
+        // channel has caught up.
+        if let Some(lives) = self.hub.recent_after(&channel, after) {
+            if self.same_epoch(&channel, &epoch).await {
+                self.hub.metrics().catch_up_from_memory.inc();
+                self.behind.retain(|k| k != key);
+                let att = self.attachments.get_mut(key).expect("attached");
+                let mut out = Vec::with_capacity(lives.len());
+                for live in lives {
+                    att.last = live.serial;
+                    out.push(Delivery {
+                        channel: att.channel.clone(),
+                        serial: live.serial,
+                        kind: Kind::Message,
+                        frame: live.frame.clone(),
+                    });
+                }
+                return Ok(Some(out));
+            }
+        }
         self.hub.metrics().catch_up_log_pages.inc();
         let page = match self.log.read(&channel, after, CATCH_UP_PAGE).await {
             Ok(page) => page,
@@ -367,7 +387,14 @@ impl Subscription {
         // and continue after what the log still holds, never from the first message left as if
         // nothing were missing. The state is read again after the page: retention raises
         // `trimmed` before its delete commits, so a page read without those rows sees it here.
-        let trimmed = page.state.trimmed.max(self.log.state(&channel).trimmed);
+        let now = match self.log.state(&channel).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.detach(&channel);
+                return Err(ApiError::from_log(&e).on(channel.as_str()));
+            }
+        };
+        let trimmed = page.state.trimmed.max(now.trimmed);
         if after < trimmed {
             if let Some(att) = self.attachments.get_mut(key) {
                 att.last = trimmed;
@@ -509,7 +536,7 @@ mod tests {
             Arc::new(EmbeddedLog::open(dir.path(), options, hub.clone()).unwrap());
         let channel = ChannelName::parse("trim:1").unwrap();
         let mut sub = Subscription::new(log.clone(), hub.clone());
-        sub.attach(&channel, None, None);
+        sub.attach(&channel, None, None).await.unwrap();
         let batch = (0..3000)
             .map(|i| NewMessage {
                 channel: channel.clone(),

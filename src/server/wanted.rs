@@ -62,7 +62,7 @@ impl Wanted {
     }
 
     /// Attach every wanted channel, checking capabilities first.
-    pub(super) fn attach(
+    pub(super) async fn attach(
         &self,
         state: &AppState,
         principal: &Principal,
@@ -85,7 +85,7 @@ impl Wanted {
                 .find(|(c, _)| c == channel)
                 .map(|(_, p)| p);
             let rewind = if from.is_some() { None } else { wanted.rewind };
-            let a = sub.attach(channel, from, rewind);
+            let a = sub.attach(channel, from, rewind).await?;
             attached.push(ServerFrame::Attached {
                 channel: channel.to_string(),
                 epoch: a.epoch.to_string(),

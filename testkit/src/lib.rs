@@ -1,8 +1,9 @@
 //! The real parts Tidings' tests and benchmarks run against, in one place: a throwaway
-//! Postgres cluster, the `tidings` binary as a child process, the server in-process on port 0
+//! Postgres cluster, a three-member NATS JetStream cluster, the `tidings` binary as a child process, the server in-process on port 0
 //! (feature `server`), a TCP fault proxy, WebSocket and SSE test clients, and the REST calls
 //! a test makes beside them. Every suite uses these, so each part is written once.
 
+pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

@@ -54,9 +54,11 @@ impl InProcess {
 }
 
 /// The head serial of `channel` in the in-process server's log.
-pub fn head(t: &InProcess, channel: &str) -> u64 {
+pub async fn head(t: &InProcess, channel: &str) -> u64 {
     t.server
         .log()
         .state(&tidings::channel::ChannelName::parse(channel).unwrap())
+        .await
+        .unwrap()
         .head
 }

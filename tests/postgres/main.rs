@@ -1,9 +1,11 @@
 //! The Postgres outbox connector against a real Postgres cluster (started from the system's
 //! binaries by `tidings_testkit::postgres::Cluster`): commit order, exactly once across
 //! crashes, restarts and a killed walsender, slot loss, poison rows, idle WAL, a large
-//! transaction, TLS, what the connector reports, plain table capture, and a failing network.
+//! transaction, TLS, what the connector reports, plain table capture, a failing network, and
+//! cluster mode (checkpoints in NATS JetStream).
 //! One test binary, a module per concern.
 
+mod cluster;
 mod crash;
 mod idle;
 mod in_process;

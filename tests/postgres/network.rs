@@ -270,7 +270,7 @@ async fn a_network_cut_mid_transaction_reconnects_and_delivers_every_row_exactly
         assert!(Instant::now() < deadline, "the transaction never streamed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let at_first_cut = head(&t, "netcut:1");
+    let at_first_cut = head(&t, "netcut:1").await;
     // While the path is down the connector says it is retrying, and why.
     let retrying = wait_for_status(&t.http(), "netcut", |s| s["state"] == "retrying").await;
     assert!(
@@ -284,12 +284,12 @@ async fn a_network_cut_mid_transaction_reconnects_and_delivers_every_row_exactly
 
     // Second cut: once the replay put the transaction's first part in the log.
     let deadline = Instant::now() + CATCH_UP;
-    while head(&t, "netcut:1") < PART as u64 {
+    while head(&t, "netcut:1").await < PART as u64 {
         assert!(Instant::now() < deadline, "the transaction never resumed");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     proxy.reset();
-    let at_second_cut = head(&t, "netcut:1");
+    let at_second_cut = head(&t, "netcut:1").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.refuse(false);
 

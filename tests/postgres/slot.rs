@@ -176,6 +176,8 @@ async fn a_slot_dropped_while_streaming_is_recreated_and_its_channels_reset() {
         .server
         .log()
         .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+        .await
+        .unwrap()
         .epoch;
     let admin = pg.sql().await;
     let deadline = Instant::now() + CATCH_UP;
@@ -205,6 +207,8 @@ async fn a_slot_dropped_while_streaming_is_recreated_and_its_channels_reset() {
         t.server
             .log()
             .state(&tidings::channel::ChannelName::parse("live:1").unwrap())
+            .await
+            .unwrap()
             .epoch,
         before,
         "a new epoch"

@@ -59,6 +59,8 @@ const COMMAND_QUEUE: usize = 1024;
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClientBuilder {
     url: String,
+    /// More nodes of the same cluster, tried in turn after `url`.
+    more: Vec<String>,
     credentials: Credentials,
     settings: Settings,
 }
@@ -100,6 +102,14 @@ impl ClientBuilder {
     /// worked last on every reconnect.
     pub fn transports(mut self, transports: &[Transport]) -> Self {
         self.settings.transports = transports.to_vec();
+        self
+    }
+
+    /// Another node of the same Tidings cluster (cluster mode: every node serves every channel
+    /// with the same serials). When a connection fails the client moves to the next node, and
+    /// resumes each channel there from its position. Call once per node.
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.more.push(url.into());
         self
     }
 
@@ -146,6 +156,10 @@ impl ClientBuilder {
     /// runtime. Fails only on a URL the client cannot use.
     pub fn build(self) -> Result<Client, Error> {
         let base = base_url(&self.url)?;
+        let mut servers = vec![base.clone()];
+        for url in &self.more {
+            servers.push(base_url(url)?);
+        }
         if self.settings.transports.is_empty() {
             return Err(Error::InvalidUrl {
                 url: self.url,
@@ -160,7 +174,8 @@ impl ClientBuilder {
                 source,
             })?;
         let shared = Arc::new(Shared {
-            base,
+            servers,
+            current: std::sync::atomic::AtomicUsize::new(0),
             settings: self.settings,
             auth: Auth::new(self.credentials),
             http,
@@ -197,6 +212,7 @@ impl Client {
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),
+            more: Vec::new(),
             credentials: Credentials::Anonymous,
             settings: Settings {
                 transports: Transport::ALL.to_vec(),
@@ -303,7 +319,7 @@ impl Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.shared.base.as_str())
+            .field("url", &self.shared.base().as_str())
             .field("state", &*self.state.borrow())
             .finish()
     }

@@ -7,8 +7,9 @@
 //!    Tidings server) hands over to the next one at once.
 //! 2. On a connection, attach every channel from its position (`{epoch, serial}` of the last
 //!    message delivered) and deliver what arrives, dropping serials already delivered.
-//! 3. When the connection ends or every transport failed, wait (exponential backoff, full
-//!    jitter; the counter resets after a healthy connection) and go to 1.
+//! 3. When the connection ends or every transport failed, move to the next node when it was
+//!    given several (a cluster), wait (exponential backoff, full jitter; the counter resets
+//!    after a healthy connection) and go to 1.
 //!
 //! Refused credentials stop the client (retrying cannot fix them), except an expired token when
 //! a token source can fetch a new one. Commands from the application (attach, detach, publish,
@@ -137,6 +138,9 @@ impl Driver {
                     }
                 }
             }
+            // The node may be gone: the next attempt goes to the next one (a cluster's nodes
+            // all serve every channel, and positions resume on any of them).
+            conn.shared.next_server();
             let delay = conn.shared.settings.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
             let error = error.unwrap_or_else(|| Error::Protocol("no transport configured".into()));

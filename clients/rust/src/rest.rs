@@ -68,7 +68,7 @@ pub(crate) fn error_answer(status: StatusCode, body: &[u8]) -> Error {
 
 /// `POST /v1/channels/{channel}/messages` with one message; its serial once it is durable.
 pub(crate) async fn publish(shared: &Shared, channel: &str, m: &Encoded) -> Result<u64, Error> {
-    let url = endpoint(&shared.base, &["v1", "channels", channel, "messages"]);
+    let url = endpoint(shared.base(), &["v1", "channels", channel, "messages"]);
     let body = m.body();
     let (_, answer) = send(shared, &url, |credential| {
         with_credential(shared.http.post(url.clone()).json(&body), credential)
@@ -90,7 +90,7 @@ pub(crate) async fn history(
     after: u64,
     limit: usize,
 ) -> Result<HistoryPage, Error> {
-    let mut url = endpoint(&shared.base, &["v1", "channels", channel, "messages"]);
+    let mut url = endpoint(shared.base(), &["v1", "channels", channel, "messages"]);
     url.query_pairs_mut()
         .append_pair("after", &after.to_string())
         .append_pair("limit", &limit.to_string());

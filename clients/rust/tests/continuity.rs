@@ -187,12 +187,19 @@ async fn resume_past_retention_is_reported(transport: Transport, before: usize) 
     publish_data(&http, &t.http(), "trim", &data).await;
     let head = before as u64 + 10;
     // Retention keeps the last 3.
-    let trimmed = tidings_testkit::wait_for(tidings_testkit::WAIT, || {
-        let state = t.server.log().state(&ChannelName::parse("trim").unwrap());
-        (state.trimmed == head - 3).then_some(())
-    })
-    .await;
-    assert!(trimmed.is_some(), "retention never ran");
+    let channel = ChannelName::parse("trim").unwrap();
+    let deadline = tokio::time::Instant::now() + tidings_testkit::WAIT;
+    loop {
+        let state = t.server.log().state(&channel).await.unwrap();
+        if state.trimmed == head - 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran: {state:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let c = client(&t.http()).transports(&[transport]).build().unwrap();
     let mut sub = c.attach("trim", Start::From(saved)).await.unwrap();
     match next_event(&mut sub).await {

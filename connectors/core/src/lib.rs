@@ -141,6 +141,11 @@ pub trait Source: Send {
     async fn next_batch(&mut self) -> Result<Batch, SourceError>;
     /// `position` and everything before it is durable in the log.
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError>;
+    /// Let go of the database's change feed (close its connection) until the next
+    /// [`Source::start`]: the runner calls it when this process stops running the source but
+    /// goes on (cluster mode: another node took the connector's lease, and needs the
+    /// replication slot). The default keeps nothing to let go of.
+    async fn stop(&mut self) {}
 
     /// Channels whose history restarts with the batch just returned by
     /// [`Source::next_batch`] (source history lost and re-snapshotted, a dropped replication

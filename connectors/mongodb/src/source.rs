@@ -477,6 +477,13 @@ impl Source for MongoSource {
         Ok(batch)
     }
 
+    async fn stop(&mut self) {
+        // Close the change stream; the next start opens it again from the checkpoint.
+        self.reader = None;
+        self.lookahead = None;
+        self.pending.clear();
+    }
+
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError> {
         // The log stores the token; MongoDB keeps no per-consumer state to confirm.
         tracing::trace!(source = %self.name, ?position, "checkpoint durable");

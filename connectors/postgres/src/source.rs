@@ -887,6 +887,15 @@ impl Source for PostgresSource {
         std::mem::take(&mut self.resets)
     }
 
+    async fn stop(&mut self) {
+        // The replication connection holds the slot: close it, so another node can stream.
+        if let Some(old) = self.stream.take() {
+            old.stop();
+        }
+        self.ready = None;
+        self.txn = None;
+    }
+
     async fn committed(&mut self, position: &SourcePosition) -> Result<(), SourceError> {
         let lsn = lsn_of(position)?;
         self.durable = self.durable.max(lsn);

@@ -139,6 +139,22 @@ impl EmbeddedLog {
         &self.shared.stats
     }
 
+    /// A channel's state from the in-memory table (kept current by the writer).
+    fn current(&self, channel: &ChannelName) -> ChannelState {
+        match self.shared.channels.read().get(channel.as_arc()) {
+            Some(m) => ChannelState {
+                epoch: m.epoch.clone(),
+                head: m.head,
+                trimmed: m.trimmed,
+            },
+            None => ChannelState {
+                epoch: self.shared.base_epoch.clone(),
+                head: 0,
+                trimmed: 0,
+            },
+        }
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<Request>, LogError> {
         self.sender.read().clone().ok_or(LogError::Closed)
     }
@@ -166,19 +182,8 @@ impl ChannelLog for EmbeddedLog {
         answer.await.map_err(|_| LogError::Closed)?
     }
 
-    fn state(&self, channel: &ChannelName) -> ChannelState {
-        match self.shared.channels.read().get(channel.as_arc()) {
-            Some(m) => ChannelState {
-                epoch: m.epoch.clone(),
-                head: m.head,
-                trimmed: m.trimmed,
-            },
-            None => ChannelState {
-                epoch: self.shared.base_epoch.clone(),
-                head: 0,
-                trimmed: 0,
-            },
-        }
+    async fn state(&self, channel: &ChannelName) -> Result<ChannelState, LogError> {
+        Ok(self.current(channel))
     }
 
     async fn read(
@@ -190,7 +195,7 @@ impl ChannelLog for EmbeddedLog {
         let meta = self.shared.channels.read().get(channel.as_arc()).cloned();
         let Some(meta) = meta else {
             return Ok(ReadPage {
-                state: self.state(channel),
+                state: self.current(channel),
                 messages: Vec::new(),
             });
         };

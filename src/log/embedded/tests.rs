@@ -84,7 +84,7 @@ async fn serials_increase_per_channel_and_survive_reopen() {
     let (log, _) = open(dir.path());
     let a = log.append(vec![msg("a", None, "4")], None).await.unwrap();
     assert_eq!(a[0].serial, 3);
-    let state = log.state(&ChannelName::parse("a").unwrap());
+    let state = log.state(&ChannelName::parse("a").unwrap()).await.unwrap();
     assert_eq!((state.head, state.epoch), (3, epoch));
 }
 
@@ -245,11 +245,11 @@ async fn reset_gives_a_new_epoch_and_keeps_serials_increasing() {
     log.append(vec![msg("a", None, "1"), msg("a", None, "2")], None)
         .await
         .unwrap();
-    let before = log.state(&a);
+    let before = log.state(&a).await.unwrap();
     log.reset(vec![a.clone(), ChannelName::parse("fresh").unwrap()])
         .await
         .unwrap();
-    let after = log.state(&a);
+    let after = log.state(&a).await.unwrap();
     assert_ne!(after.epoch, before.epoch);
     assert_eq!((after.head, after.trimmed), (2, 2));
     assert!(
@@ -269,7 +269,7 @@ async fn reset_gives_a_new_epoch_and_keeps_serials_increasing() {
     log.close().await;
     drop(log);
     let (log, _) = open(dir.path());
-    assert_eq!(log.state(&a).epoch, after.epoch);
+    assert_eq!(log.state(&a).await.unwrap().epoch, after.epoch);
 }
 
 #[tokio::test]
@@ -289,7 +289,7 @@ async fn retention_trims_by_age() {
     std::thread::sleep(Duration::from_millis(5));
     log.apply_retention(&policy).await.unwrap();
     let a = ChannelName::parse("a").unwrap();
-    let state = log.state(&a);
+    let state = log.state(&a).await.unwrap();
     assert_eq!((state.head, state.trimmed), (2, 2));
     // Serials keep increasing after everything was trimmed.
     assert_eq!(

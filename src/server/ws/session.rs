@@ -578,7 +578,14 @@ where
             .on(channel.as_str());
             return self.error(e, None).await;
         }
-        let a = self.subscription.attach(&channel, from.as_ref(), rewind);
+        let a = match self
+            .subscription
+            .attach(&channel, from.as_ref(), rewind)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return self.error(e, None).await,
+        };
         self.out
             .frame(&ServerFrame::Attached {
                 channel: channel.to_string(),

@@ -32,7 +32,7 @@ pub(crate) async fn connect(conn: &mut Connection, credential: Option<String>) -
         } else {
             conn.shared.settings.poll_wait
         };
-        let mut url = endpoint(&conn.shared.base, &["v1", "poll"]);
+        let mut url = endpoint(conn.shared.base(), &["v1", "poll"]);
         query(&mut url, &request);
         url.query_pairs_mut()
             .append_pair("wait", &format!("{}ms", wait.as_millis()));

@@ -23,7 +23,7 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 pub(crate) async fn connect(conn: &mut Connection, credential: Option<String>) -> Outcome {
     let transport = Transport::Sse;
     let request = conn.attachments.plan();
-    let mut url = endpoint(&conn.shared.base, &["v1", "sse"]);
+    let mut url = endpoint(conn.shared.base(), &["v1", "sse"]);
     query(&mut url, &request);
     let sending = with_credential(
         conn.shared

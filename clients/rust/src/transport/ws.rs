@@ -45,7 +45,7 @@ struct Pending {
 /// ends.
 pub(crate) async fn connect(conn: &mut Connection, credential: Option<String>) -> Outcome {
     let transport = Transport::WebSocket;
-    let mut url = endpoint(&conn.shared.base, &["v1", "connect"]);
+    let mut url = endpoint(conn.shared.base(), &["v1", "connect"]);
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme).expect("http(s) URLs become ws(s)");
     let mut request = match url.as_str().into_client_request() {
