@@ -259,7 +259,9 @@ impl Subscription {
         }
         loop {
             if let Some(key) = self.behind.front().cloned() {
-                match self.read_page(&key).await {
+                // Boxed: catching up is the rarer path, and its reads would otherwise make
+                // every idle session's future larger (`an_idle_session_future_stays_small`).
+                match Box::pin(self.read_page(&key)).await {
                     Ok(Some(batch)) if !batch.is_empty() => return Event::Messages(batch),
                     Ok(_) => continue,
                     Err(e) => return Event::Failed(e),
