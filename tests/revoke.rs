@@ -175,11 +175,7 @@ async fn revoking_a_subject_closes_its_connections_and_refuses_its_old_tokens() 
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "token_revoked"
-    );
+    expect_revoked(resp, "").await;
     for path in ["/v1/sse?channel=rev:1", "/v1/poll?channel=rev:1"] {
         let resp = http
             .get(format!("{base}{path}"))
@@ -187,11 +183,7 @@ async fn revoking_a_subject_closes_its_connections_and_refuses_its_old_tokens() 
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 401, "{path}");
-        assert_eq!(
-            resp.json::<Value>().await.unwrap()["error"]["code"],
-            "token_revoked"
-        );
+        expect_revoked(resp, path).await;
     }
     let refused = Client::try_connect(&format!("{}?access_token={token}", t.ws_url()), None).await;
     match refused {
@@ -208,11 +200,7 @@ async fn revoking_a_subject_closes_its_connections_and_refuses_its_old_tokens() 
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 401);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "token_revoked"
-    );
+    expect_revoked(resp, "").await;
 
     // A token issued after the revocation, at once, works: that is what "fetch a new token" is.
     let (fresh, _) = issue(&base, "device-1").await;
@@ -480,5 +468,15 @@ async fn revocations_survive_kill_9_and_restart() {
         listed["revocations"].as_array().unwrap().len(),
         2,
         "{listed}"
+    );
+}
+
+/// A refusal of a revoked token: 401 with the code `token_revoked`.
+async fn expect_revoked(resp: reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), 401, "{what}");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "token_revoked",
+        "{what}"
     );
 }
